@@ -1,0 +1,31 @@
+-- Variants whose product exists, with the product name and the variant's size
+-- (index_cache mens_size, 'Unknown' when absent). Joining to this model is how an audience
+-- requires "an existing variant and product".
+
+with
+
+product_variants as (
+
+    select * from {{ ref('stg_tradeblock__product_variants') }}
+
+),
+
+products as (
+
+    select * from {{ ref('stg_tradeblock__products') }}
+
+),
+
+final as (
+
+    select
+        product_variants.variant_id,
+        product_variants.product_id,
+        products.product_name,
+        coalesce(product_variants.mens_size, 'Unknown') as variant_size
+    from product_variants
+    inner join products on product_variants.product_id = products.product_id
+
+)
+
+select * from final

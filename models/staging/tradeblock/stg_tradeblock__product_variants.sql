@@ -1,0 +1,19 @@
+with
+
+source as (
+
+    select * from {{ source('tradeblock', 'product_variants') }}
+
+),
+
+final as (
+
+    select
+        id as variant_id,
+        product_id,
+        index_cache ->> 'mens_size' as mens_size
+    from source
+
+)
+
+select * from final
