@@ -1,0 +1,27 @@
+with
+
+audience as (
+
+    select * from {{ ref('int_layer3__audience') }}
+
+),
+
+final as (
+
+    select
+        user_id,
+        username,
+        first_name as "firstName",
+        usersize,
+        relevant_variant_size,
+        product_name,
+        variant_id as "variantID",
+        last_active_text as "lastActive",
+        inventory_count,
+        export_order
+    from audience
+    where activity_type = 'offer_created'
+
+)
+
+select * from final
