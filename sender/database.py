@@ -1,22 +1,20 @@
 """Connections: the standard libpq variables, or the project's embedded PostgreSQL.
 
 When no PGHOST is set, an embedded server (pgserver) is started, or reused, under
-``<project>/.pgdata`` and the PG* variables are set for this process and its children
+``<project>/.pgdata`` (pgserver, kept running between commands) and the PG* variables are set for this process and its children
 (dbt among them), so one environment drives dbt and the sender.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import warnings
 
 import psycopg
 from psycopg import sql
 
 from sender.errors import UserError
-
-PROJECT_DIR = Path(os.environ.get("PUSH_PROJECT_DIR", Path(__file__).resolve().parent.parent))
-EMBEDDED_DIR = PROJECT_DIR / ".pgdata"
+from sender.settings import EMBEDDED_DB_DIR
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
 
 
@@ -24,21 +22,24 @@ def embedded_env() -> dict[str, str]:
     """Start (or reuse) the embedded server and return the PG* variables that reach it."""
     import pgserver  # imported lazily: starting it is only needed without PGHOST
 
-    server = pgserver.get_server(EMBEDDED_DIR, cleanup_mode=None)
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(EMBEDDED_DB_DIR, cleanup_mode=None)
     info = server.get_postmaster_info()
     return {"PGHOST": str(info.socket_dir), "PGPORT": str(info.port), "PGUSER": "postgres"}
 
 
-def ensure_environment(database: str | None = None) -> dict[str, str]:
+def ensure_environment(embedded_database: str | None = None) -> dict[str, str]:
     """Make os.environ point at a server; return the PG* variables now in force.
 
-    With ``database``, PGDATABASE is set to it and the database is created if missing.
+    Without PGHOST the embedded server is used, and ``embedded_database`` (created if missing)
+    is selected on it. With PGHOST set, nothing is changed: your own server, your PGDATABASE.
     """
     if not os.environ.get("PGHOST"):
         os.environ.update(embedded_env())
-    if database:
-        os.environ["PGDATABASE"] = database
-        _create_database_if_missing(database)
+        if embedded_database:
+            os.environ["PGDATABASE"] = embedded_database
+            _create_database_if_missing(embedded_database)
     return {name: os.environ[name] for name in PG_VARS if os.environ.get(name)}
 
 
@@ -54,7 +55,9 @@ def connect(autocommit: bool = False, **overrides) -> psycopg.Connection:
     try:
         return psycopg.connect(autocommit=autocommit, connect_timeout=10, **overrides)
     except psycopg.OperationalError as exc:
-        where = ", ".join(f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGDATABASE") if k in os.environ)
+        where = ", ".join(
+            f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGDATABASE") if k in os.environ
+        )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to PostgreSQL ({where}): {first_line}") from exc
 

@@ -37,16 +37,16 @@ onboarding_steps as (
     select
         new_users.user_id,
         new_users.signed_up_at,
-        exists (
+        exists(
             select 1 from inventory_items
             where inventory_items.user_id = new_users.user_id
         ) as has_shoes,
         coalesce(trim(new_users.bio), '') != '' as has_bio,
-        exists (
+        exists(
             select 1 from offers
             where offers.creator_user_id = new_users.user_id
         ) as has_offers,
-        exists (
+        exists(
             select 1 from wishlist_items
             where wishlist_items.user_id = new_users.user_id and wishlist_items.is_live
         ) as has_wishlist
