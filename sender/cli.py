@@ -39,7 +39,7 @@ def run(action, *args, **kwargs):
     try:
         return action(*args, **kwargs)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -20,10 +20,10 @@ PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
 
 def embedded_env() -> dict[str, str]:
     """Start (or reuse) the embedded server and return the PG* variables that reach it."""
-    import pgserver  # imported lazily: starting it is only needed without PGHOST
-
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: only needed without PGHOST
+
         server = pgserver.get_server(EMBEDDED_DB_DIR, cleanup_mode=None)
     info = server.get_postmaster_info()
     return {"PGHOST": str(info.socket_dir), "PGPORT": str(info.port), "PGUSER": "postgres"}

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real PostgreSQL (embedded unless PGHOST is set), real dbt, the real CLI.
+
+The session builds the models once on sample data, into schemas of its own
+(pytest_source, pytest_audiences) and its own dbt target folder (target-pytest).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sender.database import ensure_environment
+from sender.settings import PROJECT_DIR
+
+AS_OF = "2026-11-20 18:00:00+00"
+SOURCE_SCHEMA = "pytest_source"
+AUDIENCE_SCHEMA = "pytest_audiences"
+SAMPLE_USERS = 3000
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def env() -> dict[str, str]:
+    """Environment for subprocesses: the test database, schemas and dbt target folder."""
+    ensure_environment(embedded_database="pytest_push")
+    return {
+        **os.environ,
+        "DBT_SCHEMA": AUDIENCE_SCHEMA,
+        "DBT_TARGET_PATH": str(PROJECT_DIR / "target-pytest"),
+        "DBT_PROFILES_DIR": str(PROJECT_DIR),
+    }
+
+
+def run_cli(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """Run a project command (sender, dbt) from the venv, as a user would."""
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=env, cwd=PROJECT_DIR, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def built(env: dict[str, str]) -> dict[str, str]:
+    """Sample data loaded and every model built (dbt seed + run; `make test` runs dbt build itself)."""
+    run_cli(env, "sender", "sample-data", "--users", str(SAMPLE_USERS), "--as-of", AS_OF,
+            "--schema", SOURCE_SCHEMA, "--replace", check=True)  # fmt: skip
+    dbt_vars = f'{{source_schema: {SOURCE_SCHEMA}, as_of: "{AS_OF}"}}'
+    run_cli(env, "dbt", "seed", "--quiet", check=True)
+    run_cli(env, "dbt", "run", "--quiet", "--vars", dbt_vars, check=True)
+    return env
+
+
+@pytest.fixture
+def db(env: dict[str, str]):
+    with psycopg.connect(autocommit=True) as conn:
+        yield conn

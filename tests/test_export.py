@@ -1,0 +1,232 @@
+"""`sender export` against the contract (AUDIENCES.md, "Files in general"), through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from tests.conftest import AUDIENCE_SCHEMA, SOURCE_SCHEMA, run_cli
+
+L5_SHORT = ["user_id", "username", "firstName", "new_user_level"]
+L5_LONG = L5_SHORT + ["top_target_shoe", "top_target_shoe_variantid"]
+L3 = ["user_id", "username", "firstName", "usersize", "relevant_variant_size", "product_name", "variantID",
+      "lastActive"]  # fmt: skip
+L2 = ["user_id", "username", "firstName", "usersize", "product_name", "variantID", "relevant_variant_size",
+      "trending_rank", "wishlist_count", "lastActive"]  # fmt: skip
+
+# campaign -> [(audience table, file prefix, separator, test marker, header)]
+FILES = {
+    "layer5-waterfall": [
+        ("layer5_no_shoes", "no-shoes-new-user", "-", "test", L5_SHORT),
+        ("layer5_no_bio", "no-bio-new-user", "-", "test", L5_SHORT),
+        ("layer5_no_offers", "no-offers-new-user", "-", "test", L5_LONG),
+        ("layer5_no_wishlist", "no-wishlist-new-user", "-", "test", L5_LONG),
+        ("layer5_new_stars", "new-stars-new-user", "-", "test", L5_LONG),
+    ],
+    "layer3-behavior": [
+        ("layer3_offer_creators", "recent-offer-creators", "_", "TEST", L3 + ["inventory_count"]),
+        ("layer3_closet_adders", "recent-closet-adders", "_", "TEST", L3 + ["wishlist_count"]),
+        ("layer3_wishlist_adders", "recent-wishlist-adders", "_", "TEST", L3 + ["inventory_count"]),
+    ],
+    "layer2-trending": [
+        ("layer2_trending_top1", "trending-closet-top1", "_", "TEST", L2),
+        ("layer2_trending_top2_10", "trending-closet-top2-10", "_", "TEST", L2),
+    ],
+}
+TS = r"\d{8}T\d{6}"
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    raw = path.read_bytes()
+    assert b"\r" not in raw, f"{path.name}: line ends must be \\n"
+    return list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+
+
+def export(env, out: Path, *args: str):
+    return run_cli(env, "sender", "export", *args, "--out", str(out))
+
+
+def one_file(out: Path, prefix: str, sep: str, marker: str | None = None) -> Path:
+    middle = f"{sep}{marker}{sep}" if marker else sep
+    matches = [p for p in out.iterdir() if re.fullmatch(re.escape(prefix + middle) + TS + r"\.csv", p.name)]
+    assert len(matches) == 1, f"expected one {prefix}{middle}<ts>.csv in {sorted(p.name for p in out.iterdir())}"
+    return matches[0]
+
+
+def table_rows(db, table: str) -> list[tuple]:
+    """The audience table's rows as CSV text, in file order."""
+    columns = [
+        r[0]
+        for r in db.execute(
+            "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
+            " and column_name <> 'export_order' order by ordinal_position",
+            (AUDIENCE_SCHEMA, table),
+        )
+    ]
+    query = sql.SQL("select {} from {} order by export_order").format(
+        sql.SQL(", ").join(sql.SQL("coalesce({}::text, '')").format(sql.Identifier(c)) for c in columns),
+        sql.Identifier(AUDIENCE_SCHEMA, table),
+    )
+    return [list(r) for r in db.execute(query)]
+
+
+@contextmanager
+def emptied(db, table: str):
+    """Temporarily empty an audience table (restored afterwards)."""
+    backup = sql.Identifier(AUDIENCE_SCHEMA, f"{table}_backup")
+    target = sql.Identifier(AUDIENCE_SCHEMA, table)
+    db.execute(sql.SQL("create table {} as select * from {}").format(backup, target))
+    db.execute(sql.SQL("delete from {}").format(target))
+    try:
+        yield
+    finally:
+        db.execute(sql.SQL("insert into {} select * from {}").format(target, backup))
+        db.execute(sql.SQL("drop table {}").format(backup))
+
+
+@pytest.mark.parametrize("campaign", sorted(FILES))
+def test_files_match_tables_and_contract(built, db, tmp_path, campaign):
+    result = export(built, tmp_path, campaign)
+    assert result.returncode == 0, result.stderr
+    test_users = db.execute(
+        sql.SQL('select user_id::text, username, "firstName", coalesce(usersize, \'\') from {} order by user_id')
+        .format(sql.Identifier(AUDIENCE_SCHEMA, "test_users"))
+    ).fetchall()
+    for table, prefix, sep, marker, header in FILES[campaign]:
+        expected = table_rows(db, table)
+        assert expected, f"sample data should make {table} non-empty"
+        production = read_csv(one_file(tmp_path, prefix, sep))
+        assert production[0] == header
+        assert production[1:] == expected, f"{table}: file rows differ from the table, in order"
+        test = read_csv(one_file(tmp_path, prefix, sep, marker))
+        assert test[0] == header
+        assert [tuple(r[:3]) for r in test[1:]] == [u[:3] for u in test_users]
+        copied = [i for i, c in enumerate(header) if c not in ("user_id", "username", "firstName", "usersize",
+                                                                "lastActive")]  # fmt: skip
+        for row in test[1:]:
+            assert [row[i] for i in copied] == [expected[0][i] for i in copied]
+            if "usersize" in header:
+                assert row[header.index("usersize")] in {u[3] for u in test_users}
+        # the CLI prints each path with its row count
+        assert f"{one_file(tmp_path, prefix, sep)}\t{len(expected)}" in result.stdout
+
+
+def test_layer5_rows_newest_signup_first(built, db, tmp_path):
+    assert export(built, tmp_path, "layer5-waterfall").returncode == 0
+    rows = read_csv(one_file(tmp_path, "no-shoes-new-user", "-"))[1:]
+    signups = dict(
+        db.execute(
+            sql.SQL("select id::text, created_at from {} where id = any(%s::uuid[])").format(
+                sql.Identifier(SOURCE_SCHEMA, "users")
+            ),
+            ([r[0] for r in rows],),
+        ).fetchall()
+    )
+    times = [signups[r[0]] for r in rows]
+    assert times == sorted(times, reverse=True)
+
+
+def test_empty_layer5_level_writes_no_file_but_layer3_writes_header_and_placeholders(built, db, tmp_path):
+    with emptied(db, "layer5_no_bio"), emptied(db, "layer3_closet_adders"):
+        assert export(built, tmp_path / "l5", "generate_new_user_waterfall").returncode == 0
+        assert export(built, tmp_path / "l3", "layer3-behavior").returncode == 0
+    assert not [p for p in (tmp_path / "l5").iterdir() if p.name.startswith("no-bio")]
+    assert len(list((tmp_path / "l5").iterdir())) == 8  # four other levels, each with its test twin
+    assert read_csv(one_file(tmp_path / "l3", "recent-closet-adders", "_")) == [L3 + ["wishlist_count"]]
+    test = read_csv(one_file(tmp_path / "l3", "recent-closet-adders", "_", "TEST"))
+    header = test[0]
+    for row in test[1:]:
+        assert row[header.index("product_name")] == "Test Product"
+        assert row[header.index("variantID")] == "test-variant-id"
+        assert row[header.index("relevant_variant_size")] == "13"
+
+
+def test_all_exports_every_campaign_with_one_timestamp(built, tmp_path):
+    result = export(built, tmp_path, "--all")
+    assert result.returncode == 0, result.stderr
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 2 * sum(len(files) for files in FILES.values())
+    assert len({re.search(TS, n).group() for n in names}) == 1
+    assert not [n for n in names if n.startswith(".")]
+
+
+def test_csv_quoting_and_missing_values(built, db, tmp_path):
+    """RFC 4180 quoting, UTF-8, and missing values as empty fields (never "")."""
+    table = sql.Identifier(AUDIENCE_SCHEMA, "layer3_offer_creators")
+    first = db.execute(sql.SQL("select user_id from {} order by export_order limit 1").format(table)).fetchone()[0]
+    tricky = 'Zoë "Z", the\nsecond line'
+    db.execute(sql.SQL("update {} set username = %s, usersize = '' where user_id = %s").format(table), (tricky, first))
+    try:
+        assert export(built, tmp_path, "layer3-behavior").returncode == 0
+    finally:
+        run_cli(built, "dbt", "run", "--quiet", "--select", "layer3_offer_creators", "--vars",
+                f'{{source_schema: {SOURCE_SCHEMA}, as_of: "2026-11-20 18:00:00+00"}}', check=True)  # fmt: skip
+    path = one_file(tmp_path, "recent-offer-creators", "_")
+    rows = read_csv(path)
+    assert rows[1][1] == tricky
+    assert rows[1][3] == ""
+    assert ',"",' not in path.read_text(encoding="utf-8")  # an empty value is an empty field
+
+
+def test_failure_leaves_no_files(built, db, tmp_path):
+    """A missing audience table (the last step) fails the export after other files were written."""
+    table = sql.Identifier(AUDIENCE_SCHEMA, "layer5_new_stars")
+    db.execute(sql.SQL("alter table {} rename to layer5_new_stars_away").format(table))
+    try:
+        result = export(built, tmp_path, "layer5-waterfall")
+    finally:
+        db.execute(
+            sql.SQL("alter table {} rename to layer5_new_stars").format(
+                sql.Identifier(AUDIENCE_SCHEMA, "layer5_new_stars_away")
+            )
+        )
+    assert result.returncode == 2
+    assert "layer5_new_stars" in result.stderr and "dbt build" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_campaign(built, tmp_path):
+    result = export(built, tmp_path, "layer9-nothing")
+    assert result.returncode == 2
+    assert "unknown campaign 'layer9-nothing'" in result.stderr
+    assert "layer5-waterfall" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_output_folder(built, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = export(built, blocker / "out", "layer5-waterfall")
+    assert result.returncode == 2
+    assert "cannot create the output folder" in result.stderr
+
+
+def test_unreachable_database(built, tmp_path):
+    env = {**built, "PGHOST": "127.0.0.1", "PGPORT": "1"}
+    result = export(env, tmp_path / "out", "layer5-waterfall")
+    assert result.returncode == 2
+    assert "cannot connect to PostgreSQL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_models_not_built(built, tmp_path):
+    """A manifest whose schema holds no tables yet: the error says which table and what to run."""
+    env = {**built, "DBT_SCHEMA": "pytest_never_built", "DBT_TARGET_PATH": str(tmp_path / "target")}
+    run_cli(env, "dbt", "parse", "--quiet", check=True)
+    result = export(env, tmp_path / "out", "layer2-trending")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "dbt" in result.stderr
+
+
+def test_no_manifest(built, tmp_path):
+    env = {**built, "DBT_TARGET_PATH": str(tmp_path / "nothing-here")}
+    result = export(env, tmp_path / "out", "layer2-trending")
+    assert result.returncode == 2
+    assert "no dbt manifest" in result.stderr
