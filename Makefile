@@ -28,7 +28,7 @@ profiles.yml:
 demo: install
 	@$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences && \
 	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace && \
-	$(BIN)/dbt build --quiet --vars '{source_schema: demo_source, as_of: "$(AS_OF)"}' && \
+	$(BIN)/dbt build --quiet --full-refresh --vars '{source_schema: demo_source, as_of: "$(AS_OF)"}' && \
 	$(BIN)/sender export --all --out demo-output
 
 lint: install
@@ -39,7 +39,7 @@ lint: install
 test: lint
 	@$(call db_env,push_test) && export DBT_SCHEMA=test_audiences && \
 	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace && \
-	$(BIN)/dbt build --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
+	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
 	$(BIN)/pytest
 
 clean:

@@ -1,20 +1,25 @@
 """The `sender` command line: parses arguments and calls plain functions.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad input or unreachable dependency.
+Exit codes (for schedulers): 0 success; 1 unexpected error; 2 bad input or unreachable
+database/FCM; 3 validation failed; 4 safeguard tripped; 5 another sender holds the campaign;
+6 partial failure (messages failed, of unknown outcome, or not rendered).
 """
 
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from sender import campaigns, database, export, sample_data
+from sender import campaigns, database, export, fcm_emulator, sample_data, send
 from sender.errors import UserError
 
 app = typer.Typer(
@@ -23,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and pipes: wide tables, no wrapping of summary lines
+    console.width = 160
 
 
 @app.callback()
@@ -45,18 +52,18 @@ def run(action, *args, **kwargs):
 
 def parse_time(value: str | None) -> datetime:
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise UserError(f"--as-of {value!r} is not an ISO timestamp such as 2026-11-20T18:00:00+00:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @app.command("db-env")
 def db_env(
     embedded_database: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--embedded-database",
             help="On the embedded server, use this database (created if missing). Ignored with PGHOST.",
@@ -75,9 +82,7 @@ def db_env(
 @app.command("sample-data")
 def sample_data_command(
     users: Annotated[int, typer.Option("--users", min=1, help="How many users to create.")] = 20_000,
-    as_of: Annotated[
-        Optional[str], typer.Option("--as-of", help="Reference time of the data (ISO, default now).")
-    ] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Reference time of the data (ISO, default now).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same data.")] = 42,
     schema: Annotated[str, typer.Option("--schema", help="Schema to create the tables in.")] = "public",
     replace: Annotated[bool, typer.Option("--replace", help="Drop existing contract tables first.")] = False,
@@ -106,7 +111,7 @@ def sample_data_command(
 @app.command("export")
 def export_command(
     campaign: Annotated[
-        Optional[str], typer.Argument(help="Campaign name (e.g. layer5-waterfall) or old script id.")
+        str | None, typer.Argument(help="Campaign name (e.g. layer5-waterfall) or old script id.")
     ] = None,
     all_campaigns: Annotated[bool, typer.Option("--all", help="Export every campaign.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV files.")] = Path("exports"),
@@ -120,7 +125,7 @@ def export_command(
         run(_raise, "give either a CAMPAIGN or --all")
     chosen = list(run(campaigns.load_campaigns).values()) if all_campaigns else [run(campaigns.find_campaign, campaign)]
     with run(database.connect) as conn:
-        files = run(export.export_campaigns, conn, chosen, out, datetime.now(timezone.utc))
+        files = run(export.export_campaigns, conn, chosen, out, datetime.now(UTC))
     table = Table(title=f"exported to {out}")
     for column in ("campaign", "step", "file", "rows"):
         table.add_column(column, justify="right" if column == "rows" else "left")
@@ -129,10 +134,147 @@ def export_command(
         typer.echo(f"{file.path}\t{file.rows}")
     console.print(table)
     skipped = [
-        f"{c.name}/{s.name}" for c in chosen for s in c.steps if not any((f.campaign, f.step) == (c.name, s.name) for f in files)
+        f"{c.name}/{s.name}"
+        for c in chosen
+        for s in c.steps
+        if not any((f.campaign, f.step) == (c.name, s.name) for f in files)
     ]
     if skipped:
         console.print(f"empty, no file written: {', '.join(skipped)}", highlight=False)
+
+
+Mode = Enum("Mode", {m: m for m in send.MODES}, type=str)
+
+
+@app.command("validate")
+def validate_command(
+    campaign: Annotated[str | None, typer.Argument(help="Campaign to check (default: every campaign).")] = None,
+) -> None:
+    """Render every row of every step, live and test audiences, without sending anything.
+
+    Reports template errors, undefined variables, empty or over-long titles and bodies, and rows
+    whose user_id is not a UUID. Exit code 3 when anything is wrong.
+    """
+    chosen = [run(campaigns.find_campaign, campaign)] if campaign else list(run(campaigns.load_campaigns).values())
+    with run(database.connect, autocommit=True) as conn:
+        checks = [check for c in chosen for check in run(send.validate_campaign, conn, c)]
+    table = Table(title="validation")
+    for column in ("campaign", "step", "audience", "rows", "problems"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for check in checks:
+        table.add_row(check.campaign, check.step, check.audience, f"{check.rows:,}", "\n".join(check.problems) or "ok")
+    console.print(table)
+    if any(check.problems for check in checks):
+        raise typer.Exit(send.ValidationFailed.exit_code)
+
+
+@app.command("send")
+def send_command(
+    campaign: Annotated[str, typer.Argument(help="Campaign name (e.g. layer3-behavior) or old script id.")],
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            "--mode",
+            help="test-dry-run: FCM validates pushes to the test users; test-live: really sends them; "
+            "live-dry-run: counts and renders the real audience, sends nothing; live: sends to the real audience.",
+        ),
+    ],
+    step: Annotated[str | None, typer.Option("--step", help="Send only this step.")] = None,
+    run_key: Annotated[
+        str | None,
+        typer.Option(
+            "--run-key",
+            help="Identifies the run: the same key resumes it instead of sending again. "
+            "Default: the day in the campaign's time zone for real sends, a fresh key for dry runs.",
+        ),
+    ] = None,
+    max_audience: Annotated[int, typer.Option("--max-audience", help="Largest live step allowed.")] = 10_000,
+    allow_large: Annotated[bool, typer.Option("--allow-large", help="Send live steps over --max-audience.")] = False,
+    resend_unknown: Annotated[
+        bool, typer.Option("--resend-unknown", help="Send again messages whose outcome a crash left unknown.")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Sending processes.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=500, help="Messages per FCM batch.")] = 250,
+    skip_delays: Annotated[bool, typer.Option("--skip-delays", help="Ignore the delays between steps.")] = False,
+) -> None:
+    """Send a campaign's pushes through FCM, exactly once per (run, step, user, token).
+
+    FCM: FCM_EMULATOR_HOST=host:port sends to a local emulator (project FIREBASE_PROJECT_ID, default
+    demo-project); otherwise GOOGLE_APPLICATION_CREDENTIALS is used, as firebase-admin expects.
+    Every message is recorded in the ledger (schema SENDER_SCHEMA, default push_sender).
+    """
+    chosen = run(campaigns.find_campaign, campaign)
+    options = send.Options(mode.value, step, run_key, max_audience, allow_large, resend_unknown, workers, batch_size,
+                           skip_delays)  # fmt: skip
+    with run(database.connect, autocommit=True) as conn, run(database.connect, autocommit=True) as lock_conn:
+        with progress_bars() as progress:
+            result = run(
+                send.send_campaign, conn, lock_conn, chosen, options, datetime.now(UTC), progress,
+                lambda message: console.print(message, highlight=False, soft_wrap=True),
+            )  # fmt: skip
+    print_result(result)
+    raise typer.Exit(result.exit_code)
+
+
+def print_result(result: send.RunResult) -> None:
+    title = f"run {result.run_id}: {result.campaign} {result.mode} (key {result.run_key}): {result.status}"
+    if result.already_done:
+        title += ", already completed earlier: nothing sent now"
+    table = Table(title=title)
+    columns = ("step", "audience", "no token", "sent", "failed", "invalid tokens", "not rendered", "unknown")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for s in result.steps:
+        sent = f"{s.sent:,} ({s.queued:,} queued)" if s.queued else f"{s.sent:,}"
+        table.add_row(s.step, f"{s.audience:,}", f"{s.no_token:,}", sent, f"{s.failed:,}", f"{s.invalid_tokens:,}",
+                      f"{s.render_errors:,}", f"{s.unknown:,}")  # fmt: skip
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    for s in result.steps:
+        for example in s.examples:
+            detail = example["error"] or f"{example['title']!r} / {example['body']!r}"
+            console.print(f"  {s.step} {example['status']} e.g. user {example['user_id']}: {detail}",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        if s.unknown_messages:
+            console.print(f"[yellow]{s.step}: {len(s.unknown_messages)} messages of unknown outcome[/yellow] "
+                          "(left pending by a crash; --resend-unknown sends them again):", soft_wrap=True)  # fmt: skip
+            for user_id, token in s.unknown_messages:
+                typer.echo(f"unknown\t{result.run_id}\t{s.step}\t{user_id}\t{token}")
+
+
+@contextmanager
+def progress_bars():
+    """A progress bar per step on a terminal; silent otherwise."""
+    if not console.is_terminal:
+        yield lambda step, total: lambda n: None
+        return
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress:
+
+        def start(step: str, total: int):
+            task = progress.add_task(step, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield start
+
+
+@app.command("fcm-emulator")
+def fcm_emulator_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: pick a free one).")] = 8085,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Append every received message to this JSON-lines file.")
+    ] = None,
+) -> None:
+    """Run a local FCM HTTP v1 endpoint for tests and demos (until Ctrl-C).
+
+    Point the sender at it with FCM_EMULATOR_HOST=host:port. It records messages (GET
+    /emulator/messages) and answers with FCM's real errors when told to (POST /emulator/config).
+    """
+    try:
+        fcm_emulator.run_forever(host, port, str(record) if record else None)
+    except (OSError, ValueError) as exc:
+        run(_raise, f"cannot start the FCM emulator on {host}:{port}: {exc}")
 
 
 def _raise(message: str) -> None:

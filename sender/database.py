@@ -1,8 +1,8 @@
 """Connections: the standard libpq variables, or the project's embedded PostgreSQL.
 
-When no PGHOST is set, an embedded server (pgserver) is started, or reused, under
-``<project>/.pgdata`` (pgserver, kept running between commands) and the PG* variables are set for this process and its children
-(dbt among them), so one environment drives dbt and the sender.
+When no PGHOST is set, an embedded server (pgserver) is started, or reused (it keeps running
+between commands), under ``<project>/.pgdata``, and the PG* variables are set for this process and
+its children (dbt among them), so one environment drives dbt and the sender.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from psycopg import sql
 
 from sender.errors import UserError
 from sender.settings import EMBEDDED_DB_DIR
+
 PG_VARS = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
 
 
@@ -55,9 +56,7 @@ def connect(autocommit: bool = False, **overrides) -> psycopg.Connection:
     try:
         return psycopg.connect(autocommit=autocommit, connect_timeout=10, **overrides)
     except psycopg.OperationalError as exc:
-        where = ", ".join(
-            f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGDATABASE") if k in os.environ
-        )
+        where = ", ".join(f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGDATABASE") if k in os.environ)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to PostgreSQL ({where}): {first_line}") from exc
 

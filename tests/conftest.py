@@ -38,9 +38,7 @@ def env() -> dict[str, str]:
 
 def run_cli(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run a project command (sender, dbt) from the venv, as a user would."""
-    result = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], env=env, cwd=PROJECT_DIR, capture_output=True, text=True
-    )
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -95,8 +95,9 @@ def test_files_match_tables_and_contract(built, db, tmp_path, campaign):
     result = export(built, tmp_path, campaign)
     assert result.returncode == 0, result.stderr
     test_users = db.execute(
-        sql.SQL('select user_id::text, username, "firstName", coalesce(usersize, \'\') from {} order by user_id')
-        .format(sql.Identifier(AUDIENCE_SCHEMA, "test_users"))
+        sql.SQL(
+            "select user_id::text, username, \"firstName\", coalesce(usersize, '') from {} order by user_id"
+        ).format(sql.Identifier(AUDIENCE_SCHEMA, "test_users"))
     ).fetchall()
     for table, prefix, sep, marker, header in FILES[campaign]:
         expected = table_rows(db, table)

@@ -1,0 +1,93 @@
+"""Push copy: Jinja templates over an audience row's columns.
+
+- An undefined variable (not a column of the audience) is an error found before anything is sent.
+- A missing value (NULL or '') renders as '' and counts as missing for `default`, so
+  `{{ top_target_shoe | default('your grail') }}` reads "your grail" when the user has no shoe.
+- A rendered title or body that is empty, or a message over FCM's 4096-byte payload limit, is an
+  error for that row: reported, not sent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import jinja2
+import jinja2.meta
+
+FCM_PAYLOAD_LIMIT = 4096  # bytes of notification + data, FCM's limit for a message
+
+
+def _default(value, default_value="", boolean=False):
+    if isinstance(value, jinja2.Undefined) or value is None or value == "" or (boolean and not value):
+        return default_value
+    return value
+
+
+ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    finalize=lambda value: "" if value is None else value,
+)
+ENV.filters["default"] = ENV.filters["d"] = _default
+
+
+class TemplateError(Exception):
+    """A template that cannot be used at all (syntax error, unknown variable)."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    title: str
+    body: str
+    data: dict[str, str]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The compiled templates of one step."""
+
+    title: jinja2.Template
+    body: jinja2.Template
+    data: dict[str, jinja2.Template]
+
+    def render(self, row: dict) -> Rendered:
+        try:
+            title = self.title.render(row).strip()
+            body = self.body.render(row).strip()
+            data = {key: template.render(row) for key, template in self.data.items()}
+        except jinja2.TemplateError as exc:
+            return Rendered("", "", {}, f"template error: {exc}")
+        error = None
+        if not title:
+            error = "empty title"
+        elif not body:
+            error = "empty body"
+        else:
+            size = len(json.dumps({"title": title, "body": body, **data}, ensure_ascii=False).encode())
+            if size > FCM_PAYLOAD_LIMIT:
+                error = f"message is {size} bytes, over FCM's {FCM_PAYLOAD_LIMIT}-byte limit"
+        return Rendered(title, body, data, error)
+
+
+def compile_copy(where: str, title: str, body: str, data: dict[str, str], columns: list[str]) -> Copy:
+    """Compile a step's templates; TemplateError names the step, field and problem."""
+    sources = {"title": title, "body": body, **{f"data.{k}": str(v) for k, v in data.items()}}
+    compiled = {}
+    for field, source in sources.items():
+        try:
+            parsed = ENV.parse(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{where} {field}: line {exc.lineno}: {exc.message}") from None
+        unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(columns))
+        if unknown:
+            raise TemplateError(
+                f"{where} {field}: undefined variable {', '.join(unknown)} (columns: {', '.join(columns)})"
+            )
+        compiled[field] = ENV.from_string(source)
+    return Copy(
+        title=compiled["title"],
+        body=compiled["body"],
+        data={k: compiled[f"data.{k}"] for k in data},
+    )
