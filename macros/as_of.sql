@@ -4,7 +4,10 @@
     cast('{{ value }}' as timestamptz)
 {%- endmacro %}
 
-{#- as_of minus a number of hours/days given by a var, e.g. {{ as_of_minus(hours=var('cooling_hours')) }} -#}
+{#-
+    as_of minus days and/or hours given by vars, e.g. {{ as_of_minus(hours=var('cooling_hours')) }}.
+    A day is exactly 24 hours, whatever the session time zone (no daylight-saving shifts).
+-#}
 {% macro as_of_minus(days=0, hours=0) -%}
-    ({{ as_of() }} - make_interval(days => {{ days }}, hours => {{ hours }}))
+    ({{ as_of() }} - make_interval(hours => {{ days }} * 24 + {{ hours }}))
 {%- endmacro %}

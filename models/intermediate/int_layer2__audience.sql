@@ -1,6 +1,9 @@
 -- Layer 2 holders whose matched variant has enough demand (wishlist_count >= min_demand),
 -- with the columns of their file, in file order (rank, then demand, then user_id).
 
+-- A table: the audience models of this layer each read their slice of it.
+{{ config(materialized="table") }}
+
 with
 
 holder_matches as (

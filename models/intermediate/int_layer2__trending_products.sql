@@ -1,6 +1,7 @@
 -- This week's trending products: ranked by the number of distinct offers created in
 -- [as_of - trending_lookback_days, as_of) with an item of one of the product's variants
--- (variant and product must exist); ties by product name, then product id. Top trending_top_n.
+-- (variant and product must exist); ties by product name (byte order, whatever the database
+-- collation), then product id. Top trending_top_n.
 
 with
 
@@ -42,7 +43,9 @@ ranked as (
 
     select
         *,
-        row_number() over (order by offer_count desc, product_name asc, product_id asc) as trending_rank
+        row_number() over (
+            order by offer_count desc, product_name collate "C" asc, product_id asc
+        ) as trending_rank
     from offer_counts
 
 ),

@@ -1,5 +1,3 @@
-{{ config(materialized="table", indexes=[{"columns": ["variant_id"], "unique": true}]) }}
-
 -- Supply and demand per variant, counted over live users only:
 -- open_inventory_count = OPEN_FOR_TRADE inventory items, live_wishlist_count = live wishlist items.
 -- Variants with neither are absent (read a missing row as 0).
