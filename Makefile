@@ -2,15 +2,21 @@
 # make test: set up, then every check (lint, dbt build with all data and unit tests, pytest).
 # With PGHOST set, both use your server instead (sample data goes to its own schemas).
 
+SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 AS_OF ?= 2026-11-20 18:00:00+00
 DEMO_USERS ?= 20000
 TEST_USERS ?= 5000
+EMULATOR_PORT ?= 18085
+CAMPAIGNS := layer5-waterfall layer3-behavior layer2-trending
 
 # eval this first in a recipe line: points PG* at the database (embedded unless PGHOST is set)
 db_env = eval "$$($(BIN)/sender db-env --embedded-database $(1))"
+
+# waits (up to 10 s) until something listens on 127.0.0.1:$(1)
+wait_for_port = for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && break; sleep 0.2; done
 
 .PHONY: install demo test lint clean
 
@@ -25,11 +31,22 @@ $(VENV)/.installed: pyproject.toml
 profiles.yml:
 	cp profiles.example.yml $@
 
+# The demo sends to a local FCM emulator (recording to demo-output/fcm-messages.jsonl); each run
+# of the demo is a new send run (run key demo-<time>), so it can be repeated.
 demo: install
-	@$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences && \
-	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace && \
+	@$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences SENDER_SCHEMA=demo_sender && \
+	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace \
+	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --quiet --full-refresh --vars '{source_schema: demo_source, as_of: "$(AS_OF)"}' && \
-	$(BIN)/sender export --all --out demo-output
+	rm -rf demo-output && $(BIN)/sender export --all --out demo-output && \
+	{ $(BIN)/sender fcm-emulator --port $(EMULATOR_PORT) --record demo-output/fcm-messages.jsonl & } && \
+	emulator=$$! && trap 'kill $$emulator' EXIT && $(call wait_for_port,$(EMULATOR_PORT)) && \
+	export FCM_EMULATOR_HOST=127.0.0.1:$(EMULATOR_PORT) && key=demo-$$(date +%s) && \
+	for campaign in $(CAMPAIGNS); do \
+	  $(BIN)/sender send $$campaign --mode test-live --run-key $$key && \
+	  $(BIN)/sender send $$campaign --mode live --run-key $$key --skip-delays || exit 1; \
+	done && \
+	echo "Demo done: CSV files in demo-output/, pushes received by the emulator in demo-output/fcm-messages.jsonl"
 
 lint: install
 	$(BIN)/ruff check sender tests bench
@@ -38,7 +55,8 @@ lint: install
 
 test: lint
 	@$(call db_env,push_test) && export DBT_SCHEMA=test_audiences && \
-	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace && \
+	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace \
+	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
 	$(BIN)/pytest
 

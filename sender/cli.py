@@ -86,8 +86,18 @@ def sample_data_command(
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same data.")] = 42,
     schema: Annotated[str, typer.Option("--schema", help="Schema to create the tables in.")] = "public",
     replace: Annotated[bool, typer.Option("--replace", help="Drop existing contract tables first.")] = False,
+    test_users: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-users", help="Also add these test users (a test_users seed CSV), with a device token each."
+        ),
+    ] = None,
 ) -> None:
-    """Create the Tradeblock source tables (with their indexes) and fill them with sample data."""
+    """Create the Tradeblock source tables (with their indexes) and fill them with sample data.
+
+    Deterministic: the same --users, --as-of and --seed give the same data. Includes the edge cases
+    of AUDIENCES.md (window boundaries, several sizes, blank bios, deleted rows, dangling variants...).
+    """
     reference = run(parse_time, as_of)
     with run(database.connect) as conn:
         counts = run(
@@ -100,6 +110,9 @@ def sample_data_command(
             replace=replace,
             progress=lambda message: console.print(f"  {message}", highlight=False),
         )
+        if test_users:
+            added = run(sample_data.add_test_users, conn, path=test_users, schema=schema, as_of=reference)
+            counts["test users added"] = added
     table = Table(title=f"sample data in schema {schema} (as of {reference.isoformat()})")
     table.add_column("table")
     table.add_column("rows", justify="right")

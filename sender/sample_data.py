@@ -9,8 +9,8 @@ Python loops). Two kinds of rows are made:
   sizes, references to missing variants, offers without items, ...). Sign-ups spread over 400 days,
   so a few percent fall in the Layer 5 window; items, wishlists and offers are dated evenly between
   the user's sign-up and ``as_of``, so a few percent of users act in the Layer 3 window and the last
-  7 days hold the Layer 2 trending offers. Product popularity is skewed: product 1 is
-  the hottest.
+  7 days hold the Layer 2 trending offers. Popularity is skewed: product 1 is the hottest, and
+  within a product the sizes near 10.
 * **Edge users** (numbered ``1 .. EDGE_USERS``, username ``edge_<tag>``): a handful placed on
   purpose so each case the contract names exists whatever the seed (see ``_EDGE_USERS``). Their
   offer_items ids start with ``0000000<n>`` so that "first item = lowest id" is item n=1.
@@ -20,10 +20,13 @@ Every timestamp is computed with the session time zone set to UTC.
 
 from __future__ import annotations
 
+import csv
 import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.resources import files
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -96,12 +99,12 @@ _HELPERS = [
 
 # --- catalog ----------------------------------------------------------------------------------------
 
-# All variants, numbered k = 0.. by product popularity (product 1 first); the variants of the orphan
-# products come last. Bulk rows pick a variant with k = floor(V * u^2): product 1 gets ~6% of the
-# picks, the top 10 about 18%, the last product ~0.2%.
+# All variants, numbered k = 0.. by popularity: by product (product 1 first; the orphan products
+# last), then by how close the size is to 10. Bulk rows pick a variant with k = floor(V * u^2):
+# product 1 gets ~6% of the picks, the top 10 about 18%, the last product ~0.2%.
 _CATALOG = """
 create temp table sample_catalog on commit drop as
-select (row_number() over (order by p, s) - 1)::int as k,
+select (row_number() over (order by p, abs(first_size + s - 12), s) - 1)::int as k,  -- size index 12 = 10
        md5(%(seed)s || ':variant:' || p || ':' || s)::uuid as id,
        md5(%(seed)s || ':product:' || p)::uuid as product_id,
        case when s = n - 1 and p %% 10 = 0 then null  -- every 10th product: a variant without index_cache
@@ -110,8 +113,9 @@ select (row_number() over (order by p, s) - 1)::int as k,
        end as index_cache
 from generate_series(1, %(products)s::int + %(orphan_products)s::int) p
 cross join lateral (select md5(%(seed)s || ':product-shape:' || p) as h) ph
-cross join lateral (select 3 + floor(pg_temp.unit(h, 0) * 10)::int as n,
-                           floor(pg_temp.unit(h, 1) * 8)::int as first_size) shape
+cross join lateral (select 3 + floor(pg_temp.unit(h, 0) * 10)::int as n) shape
+-- n consecutive sizes, roughly centred on 10 (size index 12)
+cross join lateral (select 12 - n / 2 + floor(pg_temp.unit(h, 1) * 4)::int - 2 as first_size) sizes
 cross join lateral generate_series(0, n - 1) s
 """
 
@@ -617,8 +621,6 @@ def generate(
     if as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     say = progress or (lambda message: None)
-    creates, indexes = contract_statements()
-    tables = contract_tables()
     params = {
         "seed": str(seed),
         "as_of": as_of,
@@ -632,75 +634,153 @@ def generate(
         "colorways": COLORWAYS,
         "brands": BRANDS,
     }
-    counts = dict.fromkeys(tables, 0)
     with conn.transaction():
         conn.execute("set local time zone 'UTC'")
         conn.execute("set local maintenance_work_mem = '512MB'")
-        conn.execute("set local work_mem = '64MB'")
-        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
-        existing = [
-            row[0]
-            for row in conn.execute(
-                "select table_name from information_schema.tables"
-                " where table_schema = %s and table_name = any(%s) order by table_name",
-                (schema, tables),
-            )
-        ]
-        if existing and not replace:
-            raise UserError(
-                f"schema {schema!r} already has contract tables ({', '.join(existing)});"
-                " pass --replace to drop and regenerate them"
-            )
-        if existing:
-            say(f"dropping {len(existing)} existing tables in schema {schema}")
-            names = sql.SQL(", ").join(sql.Identifier(schema, name) for name in existing)
-            conn.execute(sql.SQL("drop table {} cascade").format(names))
-        conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(schema)))
-        for statement in creates:
-            conn.execute(statement)
-        # Primary keys and unique constraints are dropped while loading and added back afterwards
-        # (same names, same definitions): building an index once is faster than growing it row by row.
-        constraints = conn.execute(
-            """
-            select c.relname, con.conname, pg_get_constraintdef(con.oid)
-            from pg_constraint con
-            join pg_class c on c.oid = con.conrelid
-            join pg_namespace n on n.oid = c.relnamespace
-            where n.nspname = %s and c.relname = any(%s) and con.contype in ('p', 'u')
-            order by 1, 2
-            """,
-            (schema, tables),
-        ).fetchall()
-        for table, name, _ in constraints:
-            conn.execute(
-                sql.SQL("alter table {} drop constraint {}").format(sql.Identifier(schema, table), sql.Identifier(name))
-            )
-        for helper in _HELPERS:
-            conn.execute(helper)
-
-        conn.execute(_CATALOG, params)
-        conn.execute(_NAMED_VARIANTS, params)
-        for table, statement in _BULK:
-            counts[table] += conn.execute(statement, params).rowcount
-            say(f"{table}: {counts[table]:,} rows")
-
-        for statement in (_EDGE_USERS, _EDGE_OFFERS, _EDGE_PREFERENCES):
-            conn.execute(statement, params)
-        for table, statement in _EDGE:
-            counts[table] += conn.execute(statement, params).rowcount
-        say(f"edge cases: {EDGE_USERS} users placed on purpose (username edge_*)")
-
-        say(f"indexes: {len(constraints)} constraints, {len(indexes)} indexes")
-        for table, name, definition in constraints:
-            conn.execute(
-                sql.SQL("alter table {} add constraint {} {}").format(
-                    sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
-                )
-            )
-        for statement in indexes:
-            conn.execute(statement)
-        for table in tables:
-            conn.execute(sql.SQL("analyze {}").format(sql.Identifier(schema, table)))
-        for temp in _TEMP_TABLES:  # dropped at commit anyway; now, in case the caller's transaction goes on
-            conn.execute(sql.SQL("drop table {}").format(sql.Identifier("pg_temp", temp)))
+        constraints = _create_tables(conn, schema, replace, say)
+        counts = _fill(conn, params, say)
+        _index(conn, schema, constraints, say)
     return counts
+
+
+def _create_tables(
+    conn: psycopg.Connection, schema: str, replace: bool, say: Callable[[str], None]
+) -> list[tuple[str, str, str]]:
+    """Create the schema and the contract's tables without their primary keys and unique constraints.
+
+    Returns those constraints as (table, name, definition), to add back once the tables are filled:
+    building an index once is faster than growing it row by row.
+    """
+    creates, _ = contract_statements()
+    tables = contract_tables()
+    conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+    existing = [
+        row[0]
+        for row in conn.execute(
+            "select table_name from information_schema.tables"
+            " where table_schema = %s and table_name = any(%s) order by table_name",
+            (schema, tables),
+        )
+    ]
+    if existing and not replace:
+        raise UserError(
+            f"schema {schema!r} already has {len(existing)} of the source tables ({', '.join(existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); pass --replace to drop and regenerate them"
+        )
+    if existing:
+        say(f"dropping {len(existing)} existing tables in schema {schema}")
+        names = sql.SQL(", ").join(sql.Identifier(schema, name) for name in existing)
+        conn.execute(sql.SQL("drop table {} cascade").format(names))
+    conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(schema)))
+    for statement in creates:
+        conn.execute(statement)
+    constraints = conn.execute(
+        """
+        select c.relname, con.conname, pg_get_constraintdef(con.oid)
+        from pg_constraint con
+        join pg_class c on c.oid = con.conrelid
+        join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = %s and c.relname = any(%s) and con.contype in ('p', 'u')
+        order by 1, 2
+        """,
+        (schema, tables),
+    ).fetchall()
+    for table, name, _ in constraints:
+        conn.execute(
+            sql.SQL("alter table {} drop constraint {}").format(sql.Identifier(schema, table), sql.Identifier(name))
+        )
+    return constraints
+
+
+def _fill(conn: psycopg.Connection, params: dict, say: Callable[[str], None]) -> dict[str, int]:
+    """Insert the bulk rows, then the edge users' rows (the tables are on the search_path)."""
+    counts = dict.fromkeys(contract_tables(), 0)
+    for helper in _HELPERS:
+        conn.execute(helper)
+    conn.execute(_CATALOG, params)
+    conn.execute(_NAMED_VARIANTS, params)
+    for table, statement in _BULK:
+        counts[table] += conn.execute(statement, params).rowcount
+        say(f"{table}: {counts[table]:,} rows")
+
+    for statement in (_EDGE_USERS, _EDGE_OFFERS, _EDGE_PREFERENCES):
+        conn.execute(statement, params)
+    for table, statement in _EDGE:
+        counts[table] += conn.execute(statement, params).rowcount
+    say(f"edge cases: {EDGE_USERS} users placed on purpose (username edge_*)")
+    for temp in _TEMP_TABLES:  # dropped at commit anyway; now, in case the caller's transaction goes on
+        conn.execute(sql.SQL("drop table {}").format(sql.Identifier("pg_temp", temp)))
+    return counts
+
+
+def _index(
+    conn: psycopg.Connection, schema: str, constraints: list[tuple[str, str, str]], say: Callable[[str], None]
+) -> None:
+    """Add back the constraints, create the contract's indexes and analyze the tables."""
+    _, indexes = contract_statements()
+    say(f"indexes: {len(constraints)} constraints, {len(indexes)} indexes")
+    for table, name, definition in constraints:
+        conn.execute(
+            sql.SQL("alter table {} add constraint {} {}").format(
+                sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
+            )
+        )
+    for statement in indexes:
+        conn.execute(statement)
+    say("analyze")
+    for table in contract_tables():
+        conn.execute(sql.SQL("analyze {}").format(sql.Identifier(schema, table)))
+
+
+def add_test_users(conn: psycopg.Connection, *, path: Path, schema: str, as_of: datetime) -> int:
+    """Make the test users of a test_users seed file app users with one device token each.
+
+    So that test sends reach someone in the demo and tests. Each becomes a long-standing, active
+    user (outside the Layer 5 window); existing rows are left alone. Returns how many were read.
+    """
+    rows = read_test_users(path)
+    with conn.transaction():
+        conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(schema)))
+        for row in rows:
+            params = {**row, "as_of": as_of}
+            conn.execute(
+                "insert into users (id, username, first_name, bio, created_at)"
+                " values (%(user_id)s, %(username)s, %(firstName)s, 'QA test account',"
+                " %(as_of)s - interval '400 days') on conflict do nothing",
+                params,
+            )
+            conn.execute(
+                "insert into user_activities (user_id, last_active) values (%(user_id)s, %(as_of)s)"
+                " on conflict do nothing",
+                params,
+            )
+            conn.execute(
+                "insert into device_tokens (id, user_id, token, platform, created_at, updated_at)"
+                " values (md5('test-token:' || %(user_id)s)::uuid, %(user_id)s::uuid, 'test-device-' || %(user_id)s,"
+                " 'ios', %(as_of)s, %(as_of)s) on conflict do nothing",
+                params,
+            )
+    return len(rows)
+
+
+def read_test_users(path: Path) -> list[dict[str, str]]:
+    """Rows of a test_users CSV (user_id, username, firstName); UserError naming the file and line."""
+    required = ("user_id", "username", "firstName")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path}: missing column(s) {', '.join(missing)} in the header")
+            rows = []
+            for row in reader:
+                try:
+                    row["user_id"] = str(uuid.UUID(row["user_id"] or ""))
+                except ValueError:
+                    raise UserError(f"{path}:{reader.line_num}: user_id {row['user_id']!r} is not a UUID") from None
+                rows.append(row)
+    except OSError as exc:
+        raise UserError(f"cannot read test users from {path}: {exc.strerror}") from exc
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV file: {exc}") from exc
+    return rows
