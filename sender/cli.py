@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
@@ -42,12 +43,19 @@ def main() -> None:
 
 
 def run(action, *args, **kwargs):
-    """Call action; a UserError becomes a one-line message on stderr and its exit code."""
+    """Call action; a UserError or a lost database becomes a one-line message and an exit code."""
     try:
         return action(*args, **kwargs)
     except UserError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        console.print(f"[red]error:[/red] database connection lost: {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(UserError.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: what was sent is recorded; run the same command to resume")
+        raise typer.Exit(130) from None
 
 
 def parse_time(value: str | None) -> datetime:

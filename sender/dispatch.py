@@ -15,12 +15,17 @@ import os
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 
 import requests
 from firebase_admin import exceptions, messaging
 
 from sender import fcm_client
+
+# The app stores FCM registration tokens, which FCM still accepts in Message.token; firebase-admin
+# 7.7 nevertheless warns on every message that `fid` is the new field.
+warnings.filterwarnings("ignore", "Message.token is deprecated", DeprecationWarning)
 
 RETRYABLE = (exceptions.UnavailableError, exceptions.InternalError, exceptions.ResourceExhaustedError)
 MAX_RETRIES = 4  # so at most 5 attempts per message

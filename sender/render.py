@@ -57,8 +57,8 @@ class Copy:
             title = self.title.render(row).strip()
             body = self.body.render(row).strip()
             data = {key: template.render(row) for key, template in self.data.items()}
-        except jinja2.TemplateError as exc:
-            return Rendered("", "", {}, f"template error: {exc}")
+        except Exception as exc:  # a template can fail at run time in any way (e.g. "3" + 1)
+            return Rendered("", "", {}, f"template error: {type(exc).__name__}: {exc}")
         error = None
         if not title:
             error = "empty title"

@@ -162,7 +162,7 @@ def send_campaign(
             invalid = _plan(conn, run_id, campaign, step, query, copy)
             if invalid:
                 result.warnings.append(f"step {step.name}: dropped {invalid} rows whose user_id is not a valid UUID")
-        _deliver(conn, run_id, step.name, options, progress)
+        _deliver(conn, run_id, step.name, options, progress, log)
         result.steps.append(_summarise(conn, run_id, step.name))
 
     result.status = "succeeded" if all(s.finished for s in result.steps) else "failed"
@@ -356,7 +356,7 @@ def _settle(conn: psycopg.Connection, run_id: int, step: str, batch, outcomes) -
             )
 
 
-def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options, progress) -> None:
+def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options, progress, log) -> None:
     """Claim, send and settle batches until the step has nothing queued."""
     queued = conn.execute(
         sql.SQL("select count(*) from {} where run_id = %s and step = %s and status = 'queued'").format(
@@ -375,21 +375,29 @@ def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options,
     project = os.environ.get("FIREBASE_PROJECT_ID") or ("demo-project" if emulator else None)
     with ProcessPoolExecutor(options.workers, initializer=dispatch.init_worker, initargs=(emulator, project)) as pool:
         in_flight: dict[Future, list[dispatch.Message]] = {}
+        stopping = False  # Ctrl-C: claim nothing more, but settle what is already with FCM
         while True:
-            while unreachable is None and len(in_flight) < 2 * options.workers:
+            while not stopping and unreachable is None and len(in_flight) < 2 * options.workers:
                 batch = _claim(conn, run_id, step, options.batch_size)
                 if not batch:
                     break
                 in_flight[pool.submit(dispatch.send_batch, batch, options.mode == "test-dry-run")] = batch
             if not in_flight:
                 break
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            try:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                stopping = True
+                log(f"run {run_id}: interrupted; settling the {len(in_flight)} batches already sent")
+                continue
             for future in done:
                 batch = in_flight.pop(future)
                 outcomes = future.result()
                 _settle(conn, run_id, step, batch, outcomes)
                 advance(len(batch))
                 unreachable = unreachable or next((o.error for o in outcomes if o.status == "queued"), None)
+    if stopping:
+        raise KeyboardInterrupt
     if unreachable:
         raise UserError(
             f"cannot reach FCM ({emulator or 'fcm.googleapis.com'}): {unreachable}; "
