@@ -1,3 +1,7 @@
+-- Column names come from the var device_tokens (dbt_project.yml), since the production shape
+-- of this table is not known.
+{%- set columns = var('device_tokens') %}
+
 with
 
 source as (
@@ -9,12 +13,9 @@ source as (
 final as (
 
     select
-        id as device_token_id,
-        user_id,
-        token,
-        platform,
-        created_at,
-        updated_at
+        {{ adapter.quote(columns['token']) }} as token,
+        {{ adapter.quote(columns['user_id']) }} as user_id,
+        {{ adapter.quote(columns['platform']) }} as platform
     from source
 
 )
