@@ -142,28 +142,27 @@ def send_campaign(
                 )
 
     run_key = options.run_key or default_run_key(campaign, options.mode, now)
-    run_id, status = _start_run(conn, campaign, options.mode, run_key)
-    result = RunResult(run_id, campaign.name, options.mode, run_key, status, [], [], resumed=status != "new")
-    if status == "succeeded":
-        result.already_done = True
-        result.steps = [_summarise(conn, run_id, step.name) for step in steps]
-        return result
+    run_id, previous = _start_run(conn, campaign, options.mode, run_key)
+    result = RunResult(run_id, campaign.name, options.mode, run_key, previous, [], [], resumed=previous != "new")
     log(f"run {run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
     if options.resend_unknown:
         requeued = _requeue_unknown(conn, run_id)
         log(f"run {run_id}: {requeued} messages of unknown outcome queued again (--resend-unknown)")
 
+    planned_before = {step.name: _is_planned(conn, run_id, step.name) for step in steps}
     for index, step in enumerate(steps):
-        if index and step.delay_minutes and not test and not options.skip_delays:
-            log(f"run {run_id}: waiting {step.delay_minutes:g} min before step {step.name}")
-            time.sleep(step.delay_minutes * 60)
-        query, copy = plans[step.name]
-        if not _is_planned(conn, run_id, step.name):
+        if not planned_before[step.name]:
+            if index and step.delay_minutes and not test and not options.skip_delays:
+                log(f"run {run_id}: waiting {step.delay_minutes:g} min before step {step.name}")
+                time.sleep(step.delay_minutes * 60)
+            query, copy = plans[step.name]
             invalid = _plan(conn, run_id, campaign, step, query, copy)
             if invalid:
                 result.warnings.append(f"step {step.name}: dropped {invalid} rows whose user_id is not a valid UUID")
         _deliver(conn, run_id, step.name, options, progress, log)
         result.steps.append(_summarise(conn, run_id, step.name))
+    # every step was complete before this invocation: nothing was sent now
+    result.already_done = previous == "succeeded" and all(planned_before.values())
 
     result.status = "succeeded" if all(s.finished for s in result.steps) else "failed"
     conn.execute(
@@ -364,6 +363,8 @@ def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options,
         ),
         (run_id, step),
     ).fetchone()[0]
+    if not queued:
+        return
     advance = progress(step, queued)
     if options.mode == "live-dry-run":  # no FCM call: every message is recorded as a dry run
         while batch := _claim(conn, run_id, step, options.batch_size):
