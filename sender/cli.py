@@ -242,7 +242,8 @@ def print_result(result: send.RunResult) -> None:
     if result.already_done:
         title += ", already completed earlier: nothing sent now"
     table = Table(title=title)
-    columns = ("step", "audience", "no token", "sent", "failed", "invalid tokens", "not rendered", "unknown")
+    done = {"test-dry-run": "validated", "live-dry-run": "would send"}.get(result.mode, "sent")
+    columns = ("step", "audience", "no token", done, "failed", "invalid tokens", "not rendered", "unknown")
     for column in columns:
         table.add_column(column, justify="left" if column == "step" else "right")
     for s in result.steps:
@@ -258,8 +259,11 @@ def print_result(result: send.RunResult) -> None:
             console.print(f"  {s.step} {example['status']} e.g. user {example['user_id']}: {detail}",
                           highlight=False, soft_wrap=True)  # fmt: skip
         if s.unknown_messages:
-            console.print(f"[yellow]{s.step}: {len(s.unknown_messages)} messages of unknown outcome[/yellow] "
-                          "(left pending by a crash; --resend-unknown sends them again):", soft_wrap=True)  # fmt: skip
+            console.print(
+                f"[yellow]{s.step}: {len(s.unknown_messages)} messages of unknown outcome[/yellow] "
+                "(FCM may or may not have them; --resend-unknown sends them again):",
+                soft_wrap=True,
+            )
             for user_id, token in s.unknown_messages:
                 typer.echo(f"unknown\t{result.run_id}\t{s.step}\t{user_id}\t{token}")
 

@@ -4,7 +4,9 @@ The SDK is CPU-bound (about 800 messages/s per process here), so batches go to a
 processes, each with its own firebase-admin App. A worker sends one batch with `send_each`,
 retries UNAVAILABLE / INTERNAL / QUOTA_EXCEEDED with exponential backoff that honours
 Retry-After (a bounded number of times), and returns one Outcome per message. The SDK's own
-retries are off (fcm_client.NO_RETRY), so a push is never re-posted behind our back.
+retries are off (fcm_client.NO_RETRY), so a push is never re-posted behind our back; and only
+answers from FCM are retried: a connection that breaks after the request left may have delivered
+the push, so that message is left `pending` (unknown outcome) rather than sent again.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ warnings.filterwarnings("ignore", "Message.token is deprecated", DeprecationWarn
 RETRYABLE = (exceptions.UnavailableError, exceptions.InternalError, exceptions.ResourceExhaustedError)
 MAX_RETRIES = 4  # so at most 5 attempts per message
 BACKOFF_BASE = 0.5  # seconds, doubled per retry, with jitter
-MAX_WAIT = 60.0  # a Retry-After longer than this fails the message instead of holding the batch
+MAX_WAIT = 60.0  # a Retry-After longer than this fails that message instead of holding the batch
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class Message:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # sent, validated, failed, invalid_token, or queued (not sent: FCM unreachable)
+    # sent, validated, failed, invalid_token; queued: FCM unreachable, nothing sent;
+    # pending: the connection broke after the request left, so FCM may or may not have it
+    status: str
     message_id: str | None = None
     error: str | None = None
 
@@ -85,23 +89,19 @@ def send_batch(batch: list[Message], dry_run: bool) -> list[Outcome]:
         for i, success, message_id, exc in results:
             if success:
                 outcomes[i] = Outcome("validated" if dry_run else "sent", message_id)
-            elif not_sent(exc):
-                outcomes[i] = Outcome("queued", error=describe(exc))
             elif is_token_error(exc):
                 outcomes[i] = Outcome("invalid_token", error=describe(exc))
-            elif isinstance(exc, RETRYABLE) and attempt < MAX_RETRIES:
+            elif getattr(exc, "http_response", None) is None:  # no answer from FCM
+                # refused before anything was sent: back to the queue; otherwise FCM may have the push
+                outcomes[i] = Outcome("queued" if not_sent(exc) else "pending", error=describe(exc))
+            elif isinstance(exc, RETRYABLE) and attempt < MAX_RETRIES and (retry_after(exc) or 0) <= MAX_WAIT:
                 retry.append(i)
                 wait = max(wait, retry_after(exc) or 0.0)
             else:
                 outcomes[i] = Outcome("failed", error=describe(exc))
         if not retry:
             break
-        backoff = BACKOFF_BASE * 2**attempt * random.uniform(1.0, 1.5)
-        if wait > MAX_WAIT:
-            for i in retry:
-                outcomes[i] = Outcome("failed", error=f"Retry-After {wait:.0f}s exceeds {MAX_WAIT:.0f}s")
-            break
-        time.sleep(max(backoff, wait))
+        time.sleep(max(BACKOFF_BASE * 2**attempt * random.uniform(1.0, 1.5), wait))
         todo = retry
     return outcomes  # type: ignore[return-value]
 

@@ -78,14 +78,16 @@ def compile_copy(where: str, title: str, body: str, data: dict[str, str], column
     for field, source in sources.items():
         try:
             parsed = ENV.parse(source)
+            unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(columns))
+            if unknown:
+                raise TemplateError(
+                    f"{where} {field}: undefined variable {', '.join(unknown)} (columns: {', '.join(columns)})"
+                )
+            compiled[field] = ENV.from_string(source)  # checks filters and tests exist
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{where} {field}: line {exc.lineno}: {exc.message}") from None
-        unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(columns))
-        if unknown:
-            raise TemplateError(
-                f"{where} {field}: undefined variable {', '.join(unknown)} (columns: {', '.join(columns)})"
-            )
-        compiled[field] = ENV.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"{where} {field}: {exc.message}") from None
     return Copy(
         title=compiled["title"],
         body=compiled["body"],

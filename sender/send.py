@@ -146,7 +146,7 @@ def send_campaign(
     result = RunResult(run_id, campaign.name, options.mode, run_key, previous, [], [], resumed=previous != "new")
     log(f"run {run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
     if options.resend_unknown:
-        requeued = _requeue_unknown(conn, run_id)
+        requeued = _requeue_unknown(conn, run_id, [step.name for step in steps])
         log(f"run {run_id}: {requeued} messages of unknown outcome queued again (--resend-unknown)")
 
     planned_before = {step.name: _is_planned(conn, run_id, step.name) for step in steps}
@@ -406,11 +406,11 @@ def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options,
         )
 
 
-def _requeue_unknown(conn: psycopg.Connection, run_id: int) -> int:
-    query = sql.SQL("update {} set status = 'queued' where run_id = %s and status = 'pending'").format(
-        ledger.table("deliveries")
-    )
-    return conn.execute(query, (run_id,)).rowcount
+def _requeue_unknown(conn: psycopg.Connection, run_id: int, steps: list[str]) -> int:
+    query = sql.SQL(
+        "update {} set status = 'queued' where run_id = %s and step = any(%s) and status = 'pending'"
+    ).format(ledger.table("deliveries"))
+    return conn.execute(query, (run_id, steps)).rowcount
 
 
 def _summarise(conn: psycopg.Connection, run_id: int, step: str) -> StepSummary:
