@@ -80,6 +80,7 @@ def table(name: str) -> sql.Identifier:
 
 
 def try_lock_campaign(conn: psycopg.Connection, campaign: str) -> bool:
-    """Session advisory lock: one sender per campaign, released when the process ends."""
-    row = conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, campaign)).fetchone()
+    """Session advisory lock: one sender per campaign (and ledger), released when the process ends."""
+    key = f"{SCHEMA}:{campaign}"
+    row = conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, key)).fetchone()
     return row[0]
