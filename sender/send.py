@@ -308,8 +308,7 @@ def _claim(conn: psycopg.Connection, run_id: int, step: str, size: int) -> list[
             where (run_id, step, user_id, token) in (
                 select run_id, step, user_id, token from {d}
                 where run_id = %s and step = %s and status = 'queued'
-                order by user_id, token
-                limit %s
+                limit %s  -- any order: no sort, the (run_id, step, status) index serves it
                 for update skip locked
             )
             returning user_id, token, title, body, data
