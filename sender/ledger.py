@@ -81,6 +81,13 @@ def table(name: str) -> sql.Identifier:
 
 def try_lock_campaign(conn: psycopg.Connection, campaign: str) -> bool:
     """Session advisory lock: one sender per campaign (and ledger), released when the process ends."""
-    key = f"{SCHEMA}:{campaign}"
-    row = conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, key)).fetchone()
+    row = conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, _lock_key(campaign))).fetchone()
     return row[0]
+
+
+def unlock_campaign(conn: psycopg.Connection, campaign: str) -> None:
+    conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, _lock_key(campaign)))
+
+
+def _lock_key(campaign: str) -> str:
+    return f"{SCHEMA}:{campaign}"

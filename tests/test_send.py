@@ -416,7 +416,7 @@ def wait_for_lock_release(db, campaign: str, timeout: float = 10) -> None:
     while not ledger.try_lock_campaign(db, campaign):
         assert time.monotonic() < deadline, f"the campaign lock of {campaign} was never released"
         time.sleep(0.01)
-    db.execute("select pg_advisory_unlock(%s, hashtext(%s))", (ledger.LOCK_CLASS, campaign))
+    ledger.unlock_campaign(db, campaign)
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 60) -> bool:
