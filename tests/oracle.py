@@ -30,6 +30,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from tests.contract import L2, L3, L5_LONG, L5_SHORT
+
 TABLES = [
     "users",
     "user_activities",
@@ -60,12 +62,6 @@ DEFAULT_VARS = {
     "min_demand": 2,
 }
 
-L5_SHORT = ["user_id", "username", "firstName", "new_user_level"]
-L5_LONG = L5_SHORT + ["top_target_shoe", "top_target_shoe_variantid"]
-L3 = ["user_id", "username", "firstName", "usersize", "relevant_variant_size", "product_name", "variantID",
-      "lastActive"]  # fmt: skip
-L2 = ["user_id", "username", "firstName", "usersize", "product_name", "variantID", "relevant_variant_size",
-      "trending_rank", "wishlist_count", "lastActive"]  # fmt: skip
 
 # Layer 5 levels in extraction order: (level number, file prefix, header).
 L5_LEVELS = [

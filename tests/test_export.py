@@ -12,13 +12,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import AUDIENCE_SCHEMA, SOURCE_SCHEMA, run_cli
-
-L5_SHORT = ["user_id", "username", "firstName", "new_user_level"]
-L5_LONG = L5_SHORT + ["top_target_shoe", "top_target_shoe_variantid"]
-L3 = ["user_id", "username", "firstName", "usersize", "relevant_variant_size", "product_name", "variantID",
-      "lastActive"]  # fmt: skip
-L2 = ["user_id", "username", "firstName", "usersize", "product_name", "variantID", "relevant_variant_size",
-      "trending_rank", "wishlist_count", "lastActive"]  # fmt: skip
+from tests.contract import L2, L3, L5_LONG, L5_SHORT
 
 # campaign -> [(audience table, file prefix, separator, test marker, header)]
 FILES = {
