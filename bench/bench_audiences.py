@@ -76,8 +76,11 @@ def run_command(command: list[str], env: dict[str, str], log: Path) -> int:
 
 
 def node_times(target: Path) -> list[dict]:
-    """Per-node results of the last dbt invocation, slowest first."""
-    results = json.loads((target / "run_results.json").read_text())["results"]
+    """Per-node results of the last dbt invocation, slowest first (none if dbt wrote no results)."""
+    path = target / "run_results.json"
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text())["results"]
     nodes = [
         {
             "node": r["unique_id"].split(".")[2],
@@ -109,20 +112,23 @@ def dbt(args: argparse.Namespace, env: dict[str, str], results: dict, command: s
     variables = f'{{source_schema: {args.source_schema}, as_of: "{args.as_of}"}}'
     invocation = [str(BIN / "dbt"), command, "--target-path", args.target_path, "--log-path"]
     invocation += [f"{args.target_path}/logs", "--full-refresh", "--vars", variables]
+    (target / "run_results.json").unlink(missing_ok=True)  # never read a previous invocation's results
     with Phase(results, f"dbt {command}") as entry:
         entry["command"] = f"DBT_SCHEMA={args.dbt_schema} dbt {command} --target-path {args.target_path} " + (
             f"--full-refresh --vars '{variables}'"
         )
         entry["exit_code"] = run_command(invocation, env, args.results / f"dbt-{command}.log")
     nodes = node_times(target)
-    shutil.copy(target / "run_results.json", args.results / f"run_results-{command}.json")
+    if nodes:
+        shutil.copy(target / "run_results.json", args.results / f"run_results-{command}.json")
     entry["statuses"] = statuses(nodes)
     entry["sum_of_node_seconds"] = round(sum(n["seconds"] for n in nodes), 1)
     entry["slowest"] = nodes[: args.top]
     entry["nodes"] = nodes
     print(f"   nodes: {entry['statuses']}, sum of node times {entry['sum_of_node_seconds']} s; slowest:")
     print_nodes(nodes, args.top)
-    return entry["exit_code"] == 0 and set(entry["statuses"]) <= {"success", "pass", "no-op"}  # no-op: the exposures
+    passed = set(entry["statuses"]) <= {"success", "pass", "no-op"}  # no-op: the exposures
+    return entry["exit_code"] == 0 and bool(nodes) and passed
 
 
 def mart_models(target: Path) -> list[tuple[str, str, str]]:
@@ -314,6 +320,9 @@ def main() -> None:
         ok &= dbt(args, env, results, "build")
     ok &= dbt(args, env, results, "run")
     target = PROJECT / args.target_path
+    if not results["phases"]["dbt run"]["nodes"] or results["phases"]["dbt run"]["exit_code"]:
+        print(f"FAILED: dbt run did not build the models; see {args.results / 'dbt-run.log'}")
+        sys.exit(1)
 
     print("\n== audience sizes")
     with connect(autocommit=True) as conn:
