@@ -315,6 +315,7 @@ def _claim(conn: psycopg.Connection, run_id: int, step: str, size: int) -> list[
             """
         ).format(d=ledger.table("deliveries")),
         (run_id, step, size),
+        prepare=False,  # a prepared (generic) plan scans the step's whole ledger: 70 ms instead of 11 ms per batch
     ).fetchall()
     return [dispatch.Message(str(r[0]), r[1], r[2], r[3], r[4] or {}) for r in rows]
 
@@ -345,6 +346,7 @@ def _settle(conn: psycopg.Connection, run_id: int, step: str, batch, outcomes) -
                 """
             ).format(d=ledger.table("deliveries")),
             (*columns, run_id, step),
+            prepare=False,  # as in _claim: keep the per-batch custom plan
         )
         invalid = [(m.token, o.error) for m, o in pairs if o.status == "invalid_token"]
         if invalid:
