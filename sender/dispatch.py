@@ -12,7 +12,6 @@ the push, so that message is left `pending` (unknown outcome) rather than sent a
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import random
 import signal
@@ -137,9 +136,3 @@ def describe(exc: Exception) -> str:
     code = getattr(exc, "code", None) or type(exc).__name__
     fcm_code = type(exc).__name__ if isinstance(exc, messaging.UnregisteredError) else None
     return f"{fcm_code or code}: {str(exc)[:300]}"
-
-
-def parse_data(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    return value if isinstance(value, dict) else json.loads(value)

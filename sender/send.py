@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from sender import audiences, dispatch, ledger
-from sender.campaigns import Campaign, Step
+from sender.campaigns import Campaign, Step, find_step
 from sender.errors import UserError
 from sender.render import Copy, Rendered, TemplateError, compile_copy
 
@@ -120,10 +120,7 @@ def send_campaign(
     """Run (or resume) one send of `campaign`; conn and lock_conn are autocommit connections."""
     if options.mode not in MODES:
         raise UserError(f"unknown mode {options.mode!r} (modes: {', '.join(MODES)})")
-    steps = [s for s in campaign.steps if options.step in (None, s.name)]
-    if not steps:
-        known = ", ".join(s.name for s in campaign.steps)
-        raise UserError(f"campaign {campaign.name} has no step {options.step!r} (steps: {known})")
+    steps = [find_step(campaign, options.step)] if options.step else list(campaign.steps)
     ledger.migrate(conn)
     if not ledger.try_lock_campaign(lock_conn, campaign.name):
         raise Locked(f"another sender is already sending campaign {campaign.name}; not starting a second one")
