@@ -1,7 +1,8 @@
 """Shared fixtures: a real PostgreSQL (embedded unless PGHOST is set), real dbt, the real CLI.
 
 The session builds the models once on sample data, into schemas of its own
-(pytest_source, pytest_audiences) and its own dbt target folder (target-pytest).
+(pytest_source, pytest_audiences) of its own database (PYTEST_DATABASE, default pytest_push) and its
+own dbt target folder (target-<database>), so several test sessions can run side by side.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sender.database import ensure_environment
 from sender.settings import PROJECT_DIR
 
 AS_OF = "2026-11-20 18:00:00+00"
+DATABASE = os.environ.get("PYTEST_DATABASE", "pytest_push")
 SOURCE_SCHEMA = "pytest_source"
 AUDIENCE_SCHEMA = "pytest_audiences"
 SAMPLE_USERS = 3000
@@ -27,11 +29,11 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="session")
 def env() -> dict[str, str]:
     """Environment for subprocesses: the test database, schemas and dbt target folder."""
-    ensure_environment(embedded_database="pytest_push")
+    ensure_environment(embedded_database=DATABASE)
     return {
         **os.environ,
         "DBT_SCHEMA": AUDIENCE_SCHEMA,
-        "DBT_TARGET_PATH": str(PROJECT_DIR / "target-pytest"),
+        "DBT_TARGET_PATH": str(PROJECT_DIR / f"target-{DATABASE}"),
         "DBT_PROFILES_DIR": str(PROJECT_DIR),
     }
 
