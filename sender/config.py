@@ -1,0 +1,58 @@
+"""Configuration, resolved once when a command starts and passed down (no other module reads it).
+
+Every setting is a command-line option of `sender` with an environment variable behind it
+(`sender --help` lists them). The dbt project is found as dbt finds it: `--project-dir` /
+DBT_PROJECT_DIR, else the working directory; dbt's artifacts are under its target path
+(DBT_TARGET_PATH, relative to the project, default `target`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SENDER_SCHEMA = "push_sender"
+DEFAULT_EMULATOR_PROJECT = "demo-project"
+
+
+@dataclass(frozen=True)
+class Config:
+    project_dir: Path  # the dbt project (holds dbt_project.yml)
+    target_path: Path  # dbt's target folder, absolute
+    sender_schema: str = DEFAULT_SENDER_SCHEMA  # the ledger's schema
+    fcm_emulator_host: str | None = None  # host:port of a local FCM endpoint instead of Google
+    firebase_project_id: str | None = None  # default: the emulator's demo project, or the credentials' project
+    credentials_file: str | None = None  # a service-account JSON file (GOOGLE_APPLICATION_CREDENTIALS)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.target_path / "manifest.json"
+
+    @property
+    def embedded_db_dir(self) -> Path:
+        return self.project_dir / ".pgdata"
+
+    @property
+    def fcm_project_id(self) -> str | None:
+        return self.firebase_project_id or (DEFAULT_EMULATOR_PROJECT if self.fcm_emulator_host else None)
+
+
+def resolve(
+    project_dir: Path | None = None,
+    target_path: Path | None = None,
+    sender_schema: str | None = None,
+    fcm_emulator_host: str | None = None,
+    firebase_project_id: str | None = None,
+    credentials_file: str | None = None,
+) -> Config:
+    """A Config from the options (None or '' means: not given)."""
+    project = (project_dir or Path.cwd()).resolve()
+    target = target_path or Path("target")
+    return Config(
+        project_dir=project,
+        target_path=target if target.is_absolute() else project / target,
+        sender_schema=sender_schema or DEFAULT_SENDER_SCHEMA,
+        fcm_emulator_host=fcm_emulator_host or None,
+        firebase_project_id=firebase_project_id or None,
+        credentials_file=credentials_file or None,
+    )
