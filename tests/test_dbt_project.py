@@ -53,3 +53,13 @@ def test_building_one_campaign_leaves_it_exportable_and_sendable(fresh, db, tmp_
     for relation in ("test_users", "stg_tradeblock__device_tokens"):
         rows = db.execute(sql.SQL("select count(*) from {}").format(sql.Identifier(env["DBT_SCHEMA"], relation)))
         assert rows.fetchone()[0] > 0, relation
+
+
+def test_raising_trending_top_n_keeps_the_build_green(fresh, db):
+    env = fresh("pytest_dbt_top_n")
+    built = run_cli(env, "dbt", "build", "--select", "+exposure:layer2_trending", "--vars", dbt_vars(trending_top_n=12))
+    assert built.returncode == 0, built.stdout[-3000:]
+    # the sample data has holders of ranks 11 and 12, so the rank test saw them
+    table = sql.Identifier(env["DBT_SCHEMA"], "layer2_trending_top2_10")
+    ranks = db.execute(sql.SQL("select distinct trending_rank from {}").format(table))
+    assert {"11th", "12th"} <= {r[0] for r in ranks}
