@@ -7,11 +7,12 @@ the session's build (pytest_audiences, target-<database>) is left as the other t
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from psycopg import sql
 
-from tests.conftest import AS_OF, SOURCE_SCHEMA, run_cli
+from tests.conftest import AS_OF, AUDIENCE_SCHEMA, SOURCE_SCHEMA, run_cli
 
 
 def dbt_vars(**extra) -> str:
@@ -63,3 +64,26 @@ def test_raising_trending_top_n_keeps_the_build_green(fresh, db):
     table = sql.Identifier(env["DBT_SCHEMA"], "layer2_trending_top2_10")
     ranks = db.execute(sql.SQL("select distinct trending_rank from {}").format(table))
     assert {"11th", "12th"} <= {r[0] for r in ranks}
+
+
+# Every var a unit test could depend on, each away from its default (dbt_project.yml).
+CHANGED_VARS = {
+    "as_of": "2027-03-01 12:00:00+00",
+    "new_user_max_age_days": 10,
+    "new_user_min_age_hours": 24,
+    "lookback_hours": 72,
+    "cooling_hours": 6,
+    "min_inventory_count": 5,
+    "min_wishlist_count": 4,
+    "trending_lookback_days": 3,
+    "trending_top_n": 5,
+    "activity_days": 10,
+    "min_demand": 4,
+}
+
+
+def test_unit_tests_pin_the_vars_they_depend_on(built, tmp_path):
+    env = {**built, "DBT_SCHEMA": AUDIENCE_SCHEMA, "DBT_TARGET_PATH": str(tmp_path / "target")}
+    tested = run_cli(env, "dbt", "test", "--select", "test_type:unit", "--vars", dbt_vars(**CHANGED_VARS))
+    assert tested.returncode == 0, tested.stdout[-3000:]
+    assert int(re.search(r"PASS=(\d+)", tested.stdout).group(1)) > 0
