@@ -18,7 +18,7 @@ db_env = eval "$$($(BIN)/sender db-env --embedded-database $(1))"
 # waits (up to 10 s) until something listens on 127.0.0.1:$(1)
 wait_for_port = for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && break; sleep 0.2; done
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean diff
 
 install: $(VENV)/.installed profiles.yml
 
@@ -47,6 +47,11 @@ demo: install
 	  $(BIN)/sender send $$campaign --mode live --run-key $$key --skip-delays || exit 1; \
 	done && \
 	echo "Demo done: CSV files in demo-output/, pushes received by the emulator in demo-output/fcm-messages.jsonl"
+	@echo "What would min_inventory_count: 5 change? The same project built into demo_audiences_changed:" && \
+	$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences_changed DBT_TARGET_PATH=target-demo-changed && \
+	$(BIN)/dbt build --quiet --full-refresh \
+	  --vars '{source_schema: demo_source, as_of: "$(AS_OF)", min_inventory_count: 5}' && \
+	$(BIN)/sender diff --base-schema demo_audiences --schema demo_audiences_changed
 
 lint: install
 	$(BIN)/ruff check sender tests bench
@@ -59,6 +64,30 @@ test: lint
 	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
 	$(BIN)/pytest
+
+# make diff BASE=<schema>: build the working tree into DIFF_SCHEMA and compare it with the build in BASE
+# (README, "For analysts"). With BASE_REF=<git ref>, BASE is first built from that ref (a temporary
+# git worktree), so both builds share AS_OF and the source: BASE must then be a dev_ or ci_ schema.
+# Without PGHOST, on the embedded server's DIFF_DATABASE (push_demo: where `make demo` builds).
+DIFF_SCHEMA ?= dev_$(subst .,_,$(subst -,_,$(or $(USER),analyst)))
+DIFF_DATABASE ?= push_demo
+DIFF_SOURCE ?= $(if $(PGHOST),public,demo_source)
+DIFF_ARGS ?=
+diff: install
+	@test -n "$(BASE)" && test "$(BASE)" != "$(DIFF_SCHEMA)" || { echo "usage: make diff BASE=<schema other than \
+	$(DIFF_SCHEMA)> [BASE_REF=main] [AS_OF=...] [DIFF_SCHEMA=...] [DIFF_SOURCE=...] [DIFF_ARGS=...]" >&2; exit 2; }
+	@case "$(BASE_REF):$(BASE)" in :*|*:dev_*|*:ci_*) ;; \
+	  *) echo "BASE_REF rebuilds BASE: give a dev_ or ci_ schema, not $(BASE)" >&2; exit 2;; esac
+	@$(call db_env,$(DIFF_DATABASE)) && dbt_vars='{source_schema: $(DIFF_SOURCE), as_of: "$(AS_OF)"}' && \
+	if [ -n "$(BASE_REF)" ]; then \
+	  base_tree=$$(mktemp -d) && trap 'git worktree remove --force "$$base_tree"' EXIT && \
+	  git worktree add --quiet --detach "$$base_tree" "$(BASE_REF)" && echo "building $(BASE_REF) into $(BASE)" >&2 && \
+	  DBT_SCHEMA=$(BASE) DBT_TARGET_PATH=$(CURDIR)/target-$(BASE) $(BIN)/dbt build --quiet --full-refresh \
+	    --project-dir "$$base_tree" --profiles-dir $(CURDIR) --vars "$$dbt_vars" || exit 1; \
+	fi && \
+	echo "building the working tree into $(DIFF_SCHEMA)" >&2 && export DBT_TARGET_PATH=target-$(DIFF_SCHEMA) && \
+	DBT_SCHEMA=$(DIFF_SCHEMA) $(BIN)/dbt build --quiet --full-refresh --vars "$$dbt_vars" && \
+	$(BIN)/sender diff --base-schema $(BASE) --schema $(DIFF_SCHEMA) $(DIFF_ARGS)
 
 clean:
 	rm -rf target target-* logs demo-output exports
