@@ -22,23 +22,29 @@ def dbt_vars(**extra) -> str:
 
 @pytest.fixture
 def fresh(built, db, tmp_path):
-    """fresh(schema) -> env building into that new, empty schema with its own target folder and ledger."""
-    created: list[str] = []
+    """fresh(schema, *others) -> env building into that new, empty schema, with its own target folder and ledger.
 
-    def make(schema: str, sender_schema: str = "pytest_dbt_sender") -> dict[str, str]:
-        for name in (schema, sender_schema):
+    The schema, the ledger's and the others are dropped before and after.
+    """
+    dropped: list[str] = []
+
+    def drop(names: list[str]) -> None:
+        for name in names:
             db.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
-            created.append(name)
+
+    def make(schema: str, *others: str) -> dict[str, str]:
+        names = [schema, "pytest_dbt_sender", *others]
+        drop(names)
+        dropped.extend(names)
         return {
             **built,
             "DBT_SCHEMA": schema,
-            "DBT_TARGET_PATH": str(tmp_path / f"target-{len(created)}"),
-            "SENDER_SCHEMA": sender_schema,
+            "DBT_TARGET_PATH": str(tmp_path / f"target-{len(dropped)}"),
+            "SENDER_SCHEMA": "pytest_dbt_sender",
         }
 
     yield make
-    for name in created:
-        db.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
+    drop(dropped)
 
 
 def test_building_one_campaign_leaves_it_exportable_and_sendable(fresh, db, tmp_path):
@@ -87,3 +93,66 @@ def test_unit_tests_pin_the_vars_they_depend_on(built, tmp_path):
     tested = run_cli(env, "dbt", "test", "--select", "test_type:unit", "--vars", dbt_vars(**CHANGED_VARS))
     assert tested.returncode == 0, tested.stdout[-3000:]
     assert int(re.search(r"PASS=(\d+)", tested.stdout).group(1)) > 0
+
+
+ODD_SOURCE = "pytest_dbt Odd-Source"
+# the device token table and columns of ODD_SOURCE, as the var device_tokens names them
+ODD_TOKENS = {"table": "Device Tokens", "user_id": "userId", "token": "Token", "platform": 'plat"form'}
+
+
+def test_names_from_vars_and_environment_are_quoted(fresh, db, tmp_path):
+    env = fresh("pytest_dbt Odd-Schema", ODD_SOURCE)
+    source = sql.Identifier(ODD_SOURCE)
+    db.execute(sql.SQL("create schema {}").format(source))
+    tables = db.execute(
+        "select table_name from information_schema.tables where table_schema = %s and table_name <> 'device_tokens'",
+        (SOURCE_SCHEMA,),
+    ).fetchall()
+    for (table,) in tables:
+        db.execute(
+            sql.SQL("create view {} as select * from {}").format(
+                sql.Identifier(ODD_SOURCE, table), sql.Identifier(SOURCE_SCHEMA, table)
+            )
+        )
+    db.execute(
+        sql.SQL("create table {} as select user_id as {}, token as {}, platform as {} from {}").format(
+            sql.Identifier(ODD_SOURCE, ODD_TOKENS["table"]),
+            *(sql.Identifier(ODD_TOKENS[c]) for c in ("user_id", "token", "platform")),
+            sql.Identifier(SOURCE_SCHEMA, "device_tokens"),
+        )
+    )
+    odd_vars = dbt_vars(source_schema=ODD_SOURCE, device_tokens=ODD_TOKENS)
+    run_cli(env, "dbt", "build", "--quiet", "--select", "+exposure:layer3_behavior", "--vars", odd_vars, check=True)
+
+    exported = run_cli(env, "sender", "export", "layer3-behavior", "--out", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    view = sql.Identifier(env["DBT_SCHEMA"], "stg_tradeblock__device_tokens")
+    tokens = "select user_id, token, platform from {} order by token, user_id"
+    expected = db.execute(sql.SQL(tokens).format(sql.Identifier(SOURCE_SCHEMA, "device_tokens"))).fetchall()
+    assert db.execute(sql.SQL(tokens).format(view)).fetchall() == expected
+    assert expected
+
+
+INJECTED = "pytest_dbt_injected"
+INJECTION = f'x"; create table public.{INJECTED} (); --'
+
+
+@pytest.mark.parametrize("setting", ["DBT_SCHEMA", "source_schema", "device_tokens.table", "device_tokens.token"])
+def test_names_that_could_end_their_quotes_run_nothing(fresh, db, setting):
+    env = fresh("pytest_dbt_injection")
+    db.execute(sql.SQL("drop table if exists {}").format(sql.Identifier("public", INJECTED)))
+    extra: dict = {}
+    if setting == "DBT_SCHEMA":
+        env["DBT_SCHEMA"] = INJECTION
+    elif setting == "source_schema":
+        extra["source_schema"] = INJECTION
+    else:
+        names = {"table": "device_tokens", "user_id": "user_id", "token": "token", "platform": "platform"}
+        extra["device_tokens"] = {**names, setting.split(".")[1]: INJECTION}
+    built = run_cli(env, "dbt", "build", "--select", "stg_tradeblock__device_tokens", "--vars", dbt_vars(**extra))
+    assert built.returncode != 0
+    if setting == "device_tokens.token":  # a column: quoted and escaped, so simply not found
+        assert "does not exist" in built.stdout, built.stdout[-3000:]
+    else:  # a relation name: dbt writes it unescaped, so it is refused before any SQL runs
+        assert "is not a usable name" in built.stdout, built.stdout[-3000:]
+    assert db.execute("select to_regclass(%s)", (f"public.{INJECTED}",)).fetchone()[0] is None
