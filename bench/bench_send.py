@@ -52,7 +52,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from sender.database import connect, ensure_environment  # noqa: E402
-from sender.settings import EMBEDDED_DB_DIR  # noqa: E402
+
+EMBEDDED_DB_DIR = PROJECT / ".pgdata"
 
 BIN = PROJECT / ".venv" / "bin"
 PAGE = os.sysconf("SC_PAGE_SIZE")

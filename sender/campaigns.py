@@ -96,9 +96,9 @@ class Campaign:
 
 
 def _profiles_dir(config: Config) -> Path | None:
-    """Where dbt finds profiles.yml: DBT_PROFILES_DIR, else the project, else dbt's default (None)."""
-    if os.environ.get("DBT_PROFILES_DIR"):
-        return Path(os.environ["DBT_PROFILES_DIR"])
+    """Where dbt finds profiles.yml: --profiles-dir / DBT_PROFILES_DIR, else the project, else dbt's default (None)."""
+    if config.profiles_dir:
+        return config.profiles_dir
     return config.project_dir if (config.project_dir / "profiles.yml").is_file() else None
 
 

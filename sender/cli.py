@@ -1,8 +1,6 @@
 """The `sender` command line: parses arguments and calls plain functions.
 
-Exit codes (for schedulers): 0 success; 1 unexpected error; 2 bad input or unreachable
-database/FCM; 3 validation failed; 4 safeguard tripped; 5 another sender holds the campaign;
-6 partial failure (messages failed, of unknown outcome, or not rendered).
+Exit codes (for schedulers): one enum, sender.errors.ExitCode, the same for every command.
 """
 
 from __future__ import annotations
@@ -20,8 +18,9 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from sender import campaigns, database, export, fcm_emulator, sample_data, send
-from sender.errors import UserError
+from sender import campaigns, config, database, export, fcm_emulator, sample_data, send
+from sender.errors import ExitCode, UserError
+from sender.interrupts import Interrupted, Stop
 
 app = typer.Typer(
     help="Push audiences: export audience CSVs from the dbt models and send them through FCM.",
@@ -29,33 +28,106 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+STOP = Stop()  # SIGINT and SIGTERM, for every command
 if not console.is_terminal:  # logs and pipes: wide tables, no wrapping of summary lines
     console.width = 160
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    project_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--project-dir", envvar="DBT_PROJECT_DIR", help="The dbt project (default: the working directory)."
+        ),
+    ] = None,
+    target_path: Annotated[
+        Path | None,
+        typer.Option("--target-path", envvar="DBT_TARGET_PATH", help="dbt's target folder (default: target)."),
+    ] = None,
+    sender_schema: Annotated[
+        str,
+        typer.Option("--sender-schema", envvar="SENDER_SCHEMA", help="Schema of the sender's ledger."),
+    ] = config.DEFAULT_SENDER_SCHEMA,
+    fcm_emulator_host: Annotated[
+        str | None,
+        typer.Option("--fcm-emulator-host", envvar="FCM_EMULATOR_HOST", help="host:port of a local FCM emulator."),
+    ] = None,
+    firebase_project: Annotated[
+        str | None,
+        typer.Option(
+            "--firebase-project",
+            envvar="FIREBASE_PROJECT_ID",
+            help="Firebase project (default: the credentials' project; demo-project with an emulator).",
+        ),
+    ] = None,
+    credentials: Annotated[
+        str | None,
+        typer.Option(
+            "--credentials",
+            envvar="GOOGLE_APPLICATION_CREDENTIALS",
+            help="Service-account JSON file (default: Application Default Credentials).",
+        ),
+    ] = None,
+    profiles_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--profiles-dir",
+            envvar="DBT_PROFILES_DIR",
+            help="Where dbt finds profiles.yml (default: the project's, else ~/.dbt).",
+        ),
+    ] = None,
+) -> None:
     """Push audiences: export audience CSVs from the dbt models and send them through FCM.
 
     Database: the PG* variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE); with no PGHOST,
-    the project's embedded PostgreSQL. Campaigns: read from the dbt project's target/manifest.json.
+    the project's embedded PostgreSQL. Campaigns: declared in the dbt project (re-parsed when the
+    manifest is older than the project files). SIGINT and SIGTERM stop a command cleanly.
     """
+    STOP.install()
+    ctx.obj = run(
+        config.resolve, project_dir, target_path, sender_schema, fcm_emulator_host, firebase_project, credentials,
+        profiles_dir,
+    )  # fmt: skip
 
 
 def run(action, *args, **kwargs):
-    """Call action; a UserError or a lost database becomes a one-line message and an exit code."""
+    """Call action; a UserError, a database error or a signal becomes a one-line message and an exit code."""
     try:
         return action(*args, **kwargs)
     except UserError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(str(exc), exc.exit_code)
     except psycopg.OperationalError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        console.print(f"[red]error:[/red] database connection lost: {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(UserError.exit_code) from None
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):  # connection lost, server shut down
+            fail(f"database connection lost: {first_line}", ExitCode.BAD_INPUT)
+        fail(f"database error ({exc.sqlstate}): {first_line}", ExitCode.BAD_INPUT)
+    except psycopg.errors.UndefinedTable as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        fail(f"{first_line}: the source tables or models are missing; run `dbt build`", ExitCode.BAD_INPUT)
+    except Interrupted as exc:
+        console.print(f"[yellow]stopped by {exc}[/yellow]: what was sent is recorded; run the same command to resume")
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: what was sent is recorded; run the same command to resume")
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
+
+
+def fail(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
+def campaigns_named(cfg: config.Config, name: str | None) -> list[campaigns.Campaign]:
+    """The campaign called `name` (or by an old script id), or every campaign when None."""
+    if name:
+        return [run(campaigns.find_campaign, cfg, name, log)]
+    return list(run(campaigns.load_campaigns, cfg, log).values())
+
+
+def log(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 def parse_time(value: str | None) -> datetime:
@@ -70,6 +142,7 @@ def parse_time(value: str | None) -> datetime:
 
 @app.command("db-env")
 def db_env(
+    ctx: typer.Context,
     embedded_database: Annotated[
         str | None,
         typer.Option(
@@ -83,7 +156,7 @@ def db_env(
     With no PGHOST, starts (or reuses) the embedded PostgreSQL under .pgdata/ and prints how to
     reach it; with PGHOST set, prints your own settings. Use it as: eval "$(sender db-env)"
     """
-    for name, value in run(database.ensure_environment, embedded_database).items():
+    for name, value in run(database.ensure_environment, embedded_database, ctx.obj.embedded_db_dir).items():
         typer.echo(f"export {name}={shlex.quote(value)}")
 
 
@@ -92,8 +165,21 @@ def sample_data_command(
     users: Annotated[int, typer.Option("--users", min=1, help="How many users to create.")] = 20_000,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Reference time of the data (ISO, default now).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same data.")] = 42,
-    schema: Annotated[str, typer.Option("--schema", help="Schema to create the tables in.")] = "public",
+    schema: Annotated[
+        str, typer.Option("--schema", help="Schema to create the tables in (public only with --allow-public).")
+    ] = sample_data.DEFAULT_SCHEMA,
     replace: Annotated[bool, typer.Option("--replace", help="Drop existing contract tables first.")] = False,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            help="With --replace, also drop what other schemas built on the tables (e.g. dbt's views; "
+            "dbt build recreates them). Without it, --replace refuses and names them.",
+        ),
+    ] = False,
+    allow_public: Annotated[
+        bool, typer.Option("--allow-public", help="Allow --schema public (where the application's tables live).")
+    ] = False,
     test_users: Annotated[
         Path | None,
         typer.Option(
@@ -116,7 +202,9 @@ def sample_data_command(
             seed=seed,
             schema=schema,
             replace=replace,
-            progress=lambda message: console.print(f"  {message}", highlight=False),
+            cascade=cascade,
+            allow_public=allow_public,
+            progress=lambda message: console.print(f"  {message}", highlight=False, soft_wrap=True),
         )
         if test_users:
             added = run(sample_data.add_test_users, conn, path=test_users, schema=schema, as_of=reference)
@@ -131,6 +219,7 @@ def sample_data_command(
 
 @app.command("export")
 def export_command(
+    ctx: typer.Context,
     campaign: Annotated[
         str | None, typer.Argument(help="Campaign name (e.g. layer5-waterfall) or old script id.")
     ] = None,
@@ -140,13 +229,14 @@ def export_command(
     """Write a campaign's audience CSVs (production and test twins) from the built dbt models.
 
     Files appear atomically: if any file fails, none of this export's files is left behind.
+    Exports into one folder take turns and never replace an existing file (README, "Exporting").
     Prints each file with its row count.
     """
     if all_campaigns == (campaign is not None):
         run(_raise, "give either a CAMPAIGN or --all")
-    chosen = list(run(campaigns.load_campaigns).values()) if all_campaigns else [run(campaigns.find_campaign, campaign)]
-    with run(database.connect) as conn:
-        files = run(export.export_campaigns, conn, chosen, out, datetime.now(UTC))
+    chosen = campaigns_named(ctx.obj, campaign)
+    with run(database.connect, False, ctx.obj.embedded_db_dir) as conn:
+        files = run(export.export_campaigns, conn, chosen, out)
     table = Table(title=f"exported to {out}")
     for column in ("campaign", "step", "file", "rows"):
         table.add_column(column, justify="right" if column == "rows" else "left")
@@ -169,6 +259,7 @@ Mode = Enum("Mode", {m: m for m in send.MODES}, type=str)
 
 @app.command("validate")
 def validate_command(
+    ctx: typer.Context,
     campaign: Annotated[str | None, typer.Argument(help="Campaign to check (default: every campaign).")] = None,
 ) -> None:
     """Render every row of every step, live and test audiences, without sending anything.
@@ -176,8 +267,11 @@ def validate_command(
     Reports template errors, undefined variables, empty or over-long titles and bodies, and rows
     whose user_id is not a UUID. Exit code 3 when anything is wrong.
     """
-    chosen = [run(campaigns.find_campaign, campaign)] if campaign else list(run(campaigns.load_campaigns).values())
-    with run(database.connect, autocommit=True) as conn:
+    cfg: config.Config = ctx.obj
+    chosen = (
+        [run(campaigns.find_campaign, cfg, campaign)] if campaign else list(run(campaigns.load_campaigns, cfg).values())
+    )
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
         checks = [check for c in chosen for check in run(send.validate_campaign, conn, c)]
     table = Table(title="validation")
     for column in ("campaign", "step", "audience", "rows", "problems"):
@@ -191,6 +285,7 @@ def validate_command(
 
 @app.command("send")
 def send_command(
+    ctx: typer.Context,
     campaign: Annotated[str, typer.Argument(help="Campaign name (e.g. layer3-behavior) or old script id.")],
     mode: Annotated[
         Mode,
@@ -212,7 +307,13 @@ def send_command(
     max_audience: Annotated[int, typer.Option("--max-audience", help="Largest live step allowed.")] = 10_000,
     allow_large: Annotated[bool, typer.Option("--allow-large", help="Send live steps over --max-audience.")] = False,
     resend_unknown: Annotated[
-        bool, typer.Option("--resend-unknown", help="Send again messages whose outcome a crash left unknown.")
+        bool,
+        typer.Option(
+            "--resend-unknown", help="Send again the run's messages whose outcome a crash left unknown (pending)."
+        ),
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Send again, once, the run's messages that FCM refused (failed).")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Sending processes.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=500, help="Messages per FCM batch.")] = 250,
@@ -220,18 +321,19 @@ def send_command(
 ) -> None:
     """Send a campaign's pushes through FCM, exactly once per (run, step, user, token).
 
-    FCM: FCM_EMULATOR_HOST=host:port sends to a local emulator (project FIREBASE_PROJECT_ID, default
-    demo-project); otherwise GOOGLE_APPLICATION_CREDENTIALS is used, as firebase-admin expects.
-    Every message is recorded in the ledger (schema SENDER_SCHEMA, default push_sender).
+    FCM: --fcm-emulator-host (FCM_EMULATOR_HOST) sends to a local emulator; otherwise --credentials
+    (GOOGLE_APPLICATION_CREDENTIALS) is used, as firebase-admin expects. Every message is recorded in
+    the ledger (--sender-schema, SENDER_SCHEMA). Run the same command again to resume after any failure.
     """
-    chosen = run(campaigns.find_campaign, campaign)
-    options = send.Options(mode.value, step, run_key, max_audience, allow_large, resend_unknown, workers, batch_size,
-                           skip_delays)  # fmt: skip
-    with run(database.connect, autocommit=True) as conn, run(database.connect, autocommit=True) as lock_conn:
+    cfg: config.Config = ctx.obj
+    chosen = campaigns_named(cfg, campaign)[0]
+    options = send.Options(mode.value, step, run_key, max_audience, allow_large, resend_unknown, retry_failed,
+                           workers, batch_size, skip_delays)  # fmt: skip
+    with run(database.connect, True, cfg.embedded_db_dir) as conn, run(database.connect, True) as lock_conn:
         with progress_bars() as progress:
             result = run(
-                send.send_campaign, conn, lock_conn, chosen, options, datetime.now(UTC), progress,
-                lambda message: console.print(message, highlight=False, soft_wrap=True),
+                send.send_campaign, conn, lock_conn, cfg, chosen, options, datetime.now(UTC), progress,
+                log, STOP,
             )  # fmt: skip
     print_result(result)
     raise typer.Exit(result.exit_code)
@@ -258,6 +360,12 @@ def print_result(result: send.RunResult) -> None:
             detail = example["error"] or f"{example['title']!r} / {example['body']!r}"
             console.print(f"  {s.step} {example['status']} e.g. user {example['user_id']}: {detail}",
                           highlight=False, soft_wrap=True)  # fmt: skip
+        if s.failed:
+            console.print(
+                f"[yellow]{s.step}: {s.failed:,} messages failed[/yellow] (FCM refused them; --retry-failed sends them "
+                "once more in this run)",
+                soft_wrap=True,
+            )
         if s.unknown_messages:
             console.print(
                 f"[yellow]{s.step}: {len(s.unknown_messages)} messages of unknown outcome[/yellow] "
@@ -300,6 +408,49 @@ def fcm_emulator_command(
         fcm_emulator.run_forever(host, port, str(record) if record else None)
     except (OSError, ValueError) as exc:
         run(_raise, f"cannot start the FCM emulator on {host}:{port}: {exc}")
+
+
+@app.command("diff")
+def diff_command(
+    ctx: typer.Context,
+    base_schema: Annotated[
+        str, typer.Option("--base-schema", help="Schema of the build to compare with (e.g. push_audiences).")
+    ],
+    schema: Annotated[
+        str | None,
+        typer.Option("--schema", help="Schema of the new build (default: where the manifest's models are built)."),
+    ] = None,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign (name or old id).")] = None,
+    all_campaigns: Annotated[bool, typer.Option("--all", help="Every campaign (the default).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="text, markdown (a pull-request comment) or json.")] = "text",
+    sample: Annotated[int, typer.Option("--sample", min=0, help="Example user ids per kind of change.")] = 3,
+    fail_if_changed: Annotated[
+        bool, typer.Option("--fail-if-changed", help="Exit 3 if anything differs (rows, tables, columns).")
+    ] = False,
+    max_change_pct: Annotated[
+        float | None,
+        typer.Option("--max-change-pct", min=0, help="Exit 3 if a step has more than P% of its users changed."),
+    ] = None,
+) -> None:
+    """Compare two builds of the audience models: users added, removed, changed and moved, per step.
+
+    Everything is compared in PostgreSQL; the report goes to stdout. Exit 0 unless a gate
+    (--fail-if-changed, --max-change-pct) trips: then 3. A missing schema is an error (2); a table or
+    column present in one build only is reported as a difference.
+    """
+    from sender import diff  # here: the rest of this module does not need it
+
+    if campaign and all_campaigns:
+        run(_raise, "give either --campaign or --all")
+    if fmt not in ("text", "markdown", "json"):
+        run(_raise, f"--format {fmt!r}: use text, markdown or json")
+    chosen = campaigns_named(ctx.obj, campaign)
+    with run(database.connect, False, ctx.obj.embedded_db_dir) as conn:
+        result = run(diff.compare, conn, chosen, base_schema, schema, sample)
+    typer.echo(diff.render(result, fmt))
+    if failed := diff.gate(result, fail_if_changed, max_change_pct):
+        console.print(f"[red]diff gate:[/red] {failed}", highlight=False, soft_wrap=True)
+        raise typer.Exit(diff.GATE_EXIT_CODE)
 
 
 def _raise(message: str) -> None:

@@ -1,12 +1,19 @@
-"""Hand messages to FCM through firebase-admin, from worker processes, with the retry policy.
+"""Hand messages to FCM through firebase-admin, from worker processes, and classify every answer.
 
 The SDK is CPU-bound (about 800 messages/s per process here), so batches go to a pool of worker
-processes, each with its own firebase-admin App. A worker sends one batch with `send_each`,
-retries UNAVAILABLE / INTERNAL / QUOTA_EXCEEDED with exponential backoff that honours
-Retry-After (a bounded number of times), and returns one Outcome per message. The SDK's own
-retries are off (fcm_client.NO_RETRY), so a push is never re-posted behind our back; and only
-answers from FCM are retried: a connection that breaks after the request left may have delivered
-the push, so that message is left `pending` (unknown outcome) rather than sent again.
+processes, each with its own firebase-admin App. A worker sends one batch with `send_each` and
+returns one Outcome per message. Every failure falls in one class (DELIVERY.md, "Failures and
+recovery"; `classify`):
+
+- token      UNREGISTERED; INVALID_ARGUMENT that FCM attributes to the token -> invalid_token
+- message    any other definite refusal (INVALID_ARGUMENT about the payload...) -> failed, token untouched
+- transient  UNAVAILABLE, INTERNAL, QUOTA_EXCEEDED/RESOURCE_EXHAUSTED -> retried with exponential backoff
+             honouring Retry-After, a bounded number of times, then failed
+- systemic   401, 403 (SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR...), unusable credentials, FCM
+             unreachable -> back to queued, and the run stops (the cause is the Outcome's error)
+- unknown    the connection broke after the request left: FCM may have the push -> left pending
+
+The SDK's own retries are off (fcm_client.NO_RETRY), so a push is never re-posted behind our back.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import firebase_admin
+import google.auth.exceptions
 import requests
 from firebase_admin import exceptions, messaging
 
@@ -35,65 +44,110 @@ MAX_WAIT = 60.0  # a Retry-After longer than this fails that message instead of 
 
 
 @dataclass(frozen=True)
-class Message:
-    user_id: str
-    token: str
-    title: str
-    body: str
-    data: dict[str, str]
-
-
-@dataclass(frozen=True)
 class Outcome:
-    # sent, validated, failed, invalid_token; queued: FCM unreachable, nothing sent;
+    # sent, validated, failed, invalid_token; queued: refused for a systemic cause (the error), not sent;
     # pending: the connection broke after the request left, so FCM may or may not have it
     status: str
     message_id: str | None = None
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class FcmSettings:
+    """Where and as whom to send (from the command's Config)."""
+
+    emulator_host: str | None
+    project_id: str | None
+    credentials_file: str | None
+
+
+PREFLIGHT_TOKEN = "sender-preflight-check"
 _app = None
+_init_error: str | None = None  # why this worker has no App: its batches go back to the queue
 
 
-def init_worker(emulator_host: str | None, project_id: str | None) -> None:
-    """Process-pool initializer: one firebase-admin App per worker; die with the parent."""
-    global _app
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+def make_app(settings: FcmSettings, name: str):
+    return fcm_client.make_app(
+        settings.emulator_host, settings.project_id, name=name, credentials_file=settings.credentials_file
+    )
+
+
+def init_worker(settings: FcmSettings) -> None:
+    """Process-pool initializer: one firebase-admin App per worker; die with the parent.
+
+    Signals go to the parent, which settles what the workers are sending before it stops. A worker
+    whose App cannot be made does not die: it answers every batch `queued` with the cause.
+    """
+    global _app, _init_error
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:  # Linux: SIGKILL this worker when the parent dies, so nothing sends after a kill -9
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-    _app = fcm_client.make_app(emulator_host, project_id, name=f"sender-{os.getpid()}")
+    try:
+        _app = make_app(settings, name=f"sender-{os.getpid()}")
+    except Exception as exc:  # noqa: BLE001 - any failure to make the App is systemic
+        _init_error = f"cannot set up the FCM client: {describe(exc)}"
 
 
-def send_batch(batch: list[Message], dry_run: bool) -> list[Outcome]:
-    """Send one batch (≤ 500) and return an Outcome per message, in order."""
-    fcm_messages = [
-        messaging.Message(
-            token=m.token,
-            notification=messaging.Notification(title=m.title, body=m.body),
-            data=m.data or None,
-        )
-        for m in batch
-    ]
+def preflight(settings: FcmSettings) -> str | None:
+    """Prove, before anything is claimed, that the credentials and the project work: one validate-only
+    request (to a token that cannot exist). Returns the systemic cause, or None when FCM accepts us."""
+    try:
+        app = make_app(settings, name=f"sender-preflight-{os.getpid()}")
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot set up the FCM client: {describe(exc)}"
+    try:
+        message = messaging.Message(token=PREFLIGHT_TOKEN, notification=messaging.Notification("preflight", "-"))
+        try:
+            messaging.send(message, dry_run=True, app=app)
+        except exceptions.FirebaseError as exc:
+            if classify(exc) == "systemic":
+                return describe(exc)
+        except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+            return f"cannot use the FCM credentials: {describe(exc)}"
+        return None
+    finally:
+        firebase_admin.delete_app(app)
+
+
+def send_batch(batch: list, dry_run: bool) -> list[Outcome]:
+    """Send one batch (≤ 500 messages with token, title, body, data) and return an Outcome per message, in order."""
+    if _app is None:
+        return [Outcome("queued", error=_init_error)] * len(batch)
     outcomes: list[Outcome | None] = [None] * len(batch)
-    todo = list(range(len(batch)))
+    fcm_messages: dict[int, messaging.Message] = {}
+    for i, m in enumerate(batch):
+        message = messaging.Message(
+            token=m.token, notification=messaging.Notification(title=m.title, body=m.body), data=m.data or None
+        )
+        try:  # the SDK refuses the whole batch for one message it cannot encode: find it first
+            messaging._MessagingService.encode_message(message)
+            fcm_messages[i] = message
+        except (ValueError, TypeError) as exc:
+            outcomes[i] = Outcome("failed", error=f"not sent, the FCM client refused it: {exc}")
+    todo = list(fcm_messages)
     for attempt in range(MAX_RETRIES + 1):
+        if not todo:
+            break
         try:
             response = messaging.send_each([fcm_messages[i] for i in todo], dry_run=dry_run, app=_app)
             results = [(i, r.success, r.message_id, r.exception) for i, r in zip(todo, response.responses, strict=True)]
-        except exceptions.FirebaseError as exc:  # the whole call failed
+        except exceptions.FirebaseError as exc:  # the whole call failed (e.g. credentials could not refresh)
             results = [(i, False, None, exc) for i in todo]
         retry, wait = [], 0.0
         for i, success, message_id, exc in results:
-            if success:
+            kind = "ok" if success else classify(exc)
+            if kind == "ok":
                 outcomes[i] = Outcome("validated" if dry_run else "sent", message_id)
-            elif is_token_error(exc):
+            elif kind == "token":
                 outcomes[i] = Outcome("invalid_token", error=describe(exc))
-            elif getattr(exc, "http_response", None) is None:  # no answer from FCM
-                # refused before anything was sent: back to the queue; otherwise FCM may have the push
-                outcomes[i] = Outcome("queued" if not_sent(exc) else "pending", error=describe(exc))
-            elif isinstance(exc, RETRYABLE) and attempt < MAX_RETRIES and (retry_after(exc) or 0) <= MAX_WAIT:
+            elif kind == "systemic":
+                outcomes[i] = Outcome("queued", error=describe(exc))
+            elif kind == "unknown":
+                outcomes[i] = Outcome("pending", error=describe(exc))
+            elif kind == "transient" and attempt < MAX_RETRIES and (retry_after(exc) or 0) <= MAX_WAIT:
                 retry.append(i)
                 wait = max(wait, retry_after(exc) or 0.0)
             else:
@@ -105,17 +159,56 @@ def send_batch(batch: list[Message], dry_run: bool) -> list[Outcome]:
     return outcomes  # type: ignore[return-value]
 
 
-def is_token_error(exc: Exception) -> bool:
-    """UNREGISTERED, a token from another sender, or INVALID_ARGUMENT about the token."""
-    if isinstance(exc, (messaging.UnregisteredError, messaging.SenderIdMismatchError)):
+SYSTEMIC = (exceptions.UnauthenticatedError, exceptions.PermissionDeniedError)  # 401, 403 and their FCM codes
+
+
+def classify(exc: Exception) -> str:
+    """token, message, transient, systemic or unknown (DELIVERY.md, "Failures and recovery")."""
+    if isinstance(exc, messaging.UnregisteredError):
+        return "token"
+    if isinstance(exc, SYSTEMIC):
+        return "systemic"
+    if getattr(exc, "http_response", None) is None:  # no answer from FCM
+        return "systemic" if not_sent(exc) else "unknown"
+    if isinstance(exc, RETRYABLE):
+        return "transient"
+    if isinstance(exc, exceptions.InvalidArgumentError) and about_token(exc):
+        return "token"
+    return "message"
+
+
+def about_token(exc: Exception) -> bool:
+    """Whether an INVALID_ARGUMENT answer blames the registration token (its field, or its words)."""
+    try:
+        error = exc.http_response.json().get("error", {})
+    except (ValueError, AttributeError):
+        error = {}
+    fields = {
+        violation.get("field")
+        for detail in error.get("details", []) or []
+        for violation in detail.get("fieldViolations", []) or []
+    }
+    if fields & {"message.token", "message.fid"}:
         return True
-    return isinstance(exc, exceptions.InvalidArgumentError) and "registration token" in str(exc).lower()
+    return "registration token" in str(error.get("message") or exc).lower()
+
+
+def _cause(exc: Exception, kind: type) -> Exception | None:
+    """The innermost cause of `exc` of that kind."""
+    found, cause = None, getattr(exc, "cause", None) or exc.__cause__
+    while cause is not None:
+        found = cause if isinstance(cause, kind) else found
+        cause = cause.__cause__ or cause.__context__
+    return found
 
 
 def not_sent(exc: Exception) -> bool:
-    """The connection was never made (refused, no route, DNS): FCM cannot have received the push."""
-    cause = getattr(exc, "cause", None)
+    """The request cannot have reached FCM: the connection was never made (refused, no route, DNS),
+    or the credentials could not produce an access token (that happens before the request)."""
+    cause = getattr(exc, "cause", None) or exc.__cause__
     while cause is not None:
+        if isinstance(cause, google.auth.exceptions.GoogleAuthError):
+            return True
         if isinstance(cause, requests.exceptions.ConnectionError):
             text = repr(cause)
             return "NewConnectionError" in text or "NameResolutionError" in text
@@ -133,6 +226,20 @@ def retry_after(exc: Exception) -> float | None:
 
 
 def describe(exc: Exception) -> str:
+    """FCM's error code and message, e.g. 'SENDER_ID_MISMATCH: SenderId mismatch'; what kept the request
+    from FCM when there is no answer."""
     code = getattr(exc, "code", None) or type(exc).__name__
-    fcm_code = type(exc).__name__ if isinstance(exc, messaging.UnregisteredError) else None
-    return f"{fcm_code or code}: {str(exc)[:300]}"
+    response = getattr(exc, "http_response", None)
+    if response is None and isinstance(exc, exceptions.FirebaseError) and not_sent(exc):
+        auth = _cause(exc, google.auth.exceptions.GoogleAuthError)
+        return (
+            f"cannot use the credentials: {auth}"[:300] if auth else f"cannot reach FCM: {_cause(exc, Exception)}"[:300]
+        )
+    if response is not None:
+        try:
+            details = response.json().get("error", {}).get("details", []) or []
+            code = next((d["errorCode"] for d in details if d.get("errorCode")), code)
+        except (ValueError, AttributeError, TypeError):
+            pass
+    text = " ".join(str(exc).split())
+    return f"{code}: {text[:300]}"

@@ -68,11 +68,12 @@ def make_app(
     pool_size: int = 100,
     timeout: float = 30,
     credential: credentials.Base | google.auth.credentials.Credentials | None = None,
+    credentials_file: str | None = None,
 ) -> firebase_admin.App:
     """Initialise a firebase-admin App whose messaging goes to ``emulator_host`` ("host:port") or Google.
 
-    Without an emulator the credential is the service-account file in GOOGLE_APPLICATION_CREDENTIALS,
-    else Application Default Credentials; ``project_id`` may then be None (taken from the file).
+    Without an emulator the credential is the service-account file ``credentials_file``, else
+    Application Default Credentials; ``project_id`` may then be None (taken from the file).
     ``retries``: urllib3 retry policy for FCM calls; ``NO_RETRY`` by default, ``None`` keeps the SDK's.
     ``credential`` overrides that choice (e.g. a service account whose token_uri is the emulator's).
     """
@@ -85,8 +86,9 @@ def make_app(
         credential = credential or EmulatorCredentials()
         base_url = f"http://{emulator_host}"
     else:
-        path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-        credential = credential or (credentials.Certificate(path) if path else credentials.ApplicationDefault())
+        credential = credential or (
+            credentials.Certificate(credentials_file) if credentials_file else credentials.ApplicationDefault()
+        )
         base_url = FCM_BASE_URL
     app = firebase_admin.initialize_app(credential, options, name=name)
     try:

@@ -44,6 +44,9 @@ _FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
+_INVALID_PAYLOAD = "Invalid value at 'message.data[0].value' (TYPE_STRING)"
+# The field an INVALID_ARGUMENT blames (google.rpc.BadRequest), as FCM reports it.
+_FIELDS = {"INVALID_ARGUMENT": "message.token", "INVALID_PAYLOAD": "message.data[0].value"}
 # code -> (HTTP status, google.rpc status, message, FcmError errorCode or None). Bodies as FCM sends them.
 FAILURES: dict[str, tuple[int, str, str, str | None]] = {
     "UNREGISTERED": (404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED"),
@@ -53,7 +56,29 @@ FAILURES: dict[str, tuple[int, str, str, str | None]] = {
         "The registration token is not a valid FCM registration token",
         "INVALID_ARGUMENT",
     ),
+    # A payload FCM refuses (e.g. an invalid field): a message error, not the token's fault.
+    "INVALID_PAYLOAD": (400, "INVALID_ARGUMENT", _INVALID_PAYLOAD, "INVALID_ARGUMENT"),
     "SENDER_ID_MISMATCH": (403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH"),
+    "PERMISSION_DENIED": (
+        403,
+        "PERMISSION_DENIED",
+        "Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager.googleapis.com/"
+        "projects/other-project' (or it may not exist).",
+        None,
+    ),
+    "UNAUTHENTICATED": (
+        401,
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+        "valid authentication credential.",
+        None,
+    ),
+    "THIRD_PARTY_AUTH_ERROR": (
+        401,
+        "UNAUTHENTICATED",
+        "Auth error from APNS or Web Push Service",
+        "THIRD_PARTY_AUTH_ERROR",
+    ),
     "QUOTA_EXCEEDED": (429, "RESOURCE_EXHAUSTED", "Device message rate exceeded.", "QUOTA_EXCEEDED"),
     # Project-wide rate limit: Google's generic quota error, without an FcmError detail.
     "RESOURCE_EXHAUSTED": (
@@ -84,8 +109,14 @@ def _failure(code: str) -> tuple[int, dict]:
     status, rpc_status, message, fcm_code = FAILURES[code]
     if fcm_code:
         details = [{"@type": _FCM_ERROR, "errorCode": fcm_code}]
-    else:
+    elif status == 429:
         details = [{"@type": _ERROR_INFO, "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com"}]
+    else:
+        details = [{"@type": _ERROR_INFO, "reason": rpc_status, "domain": "googleapis.com"}]
+    if code in _FIELDS:
+        details.insert(
+            0, {"@type": _BAD_REQUEST, "fieldViolations": [{"field": _FIELDS[code], "description": message}]}
+        )
     return status, error_body(status, rpc_status, message, details)
 
 
@@ -528,6 +559,8 @@ def run_forever(
     on_ready: Callable[[EmulatorServer], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (call from the main thread), then flush the record file and return."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 0 and 65535")
     server = serve(host, port, record_path, config, allow_non_loopback)
     done = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())

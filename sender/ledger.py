@@ -1,23 +1,30 @@
-"""The sender's own tables (schema SENDER_SCHEMA, default push_sender), created and migrated here.
+"""The sender's own tables (schema SENDER_SCHEMA, default push_sender): created, migrated and written
+here only, one method per statement.
 
-runs            one row per send run: campaign, mode, run key (unique together), status, summary
+runs            one row per send run: campaign, mode, run key (unique together), status, summary, error
+run_steps       a step of a run is planned once, even when its audience was empty
 deliveries      one row per (run, step, user, token), the unit of "exactly one attempt":
-                queued   planned, not attempted yet
+                queued   planned, not handed to FCM yet
                 pending  handed to FCM; outcome unknown until settled (a crash leaves it so)
                 sent / validated (dry-run accepted by FCM) / dry_run (live-dry-run: no FCM call)
                 failed / invalid_token / no_token / render_error
-invalid_tokens  tokens FCM reported as unregistered or invalid: never sent to again
+invalid_tokens  tokens FCM reported as unregistered or invalid, and malformed source tokens: never sent to again
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
-SCHEMA = os.environ.get("SENDER_SCHEMA", "push_sender")
 LOCK_CLASS = 0x50555348  # 'PUSH': first key of the per-campaign advisory lock
+MAX_TOKEN_LENGTH = 4096  # FCM registration tokens are about 160 characters
 
 MIGRATIONS = [
     """
@@ -59,35 +66,325 @@ MIGRATIONS = [
         marked_at timestamptz not null default now()
     );
     """,
+    """
+    alter table {schema}.runs drop constraint runs_status_check;
+    alter table {schema}.runs add constraint runs_status_check check (status in (
+        'running', 'succeeded', 'failed', 'interrupted', 'cancelled', 'blocked'));
+    alter table {schema}.runs add column error text, add column host text, add column pid integer,
+        add column heartbeat_at timestamptz;
+    create table {schema}.run_steps (
+        run_id     bigint not null references {schema}.runs,
+        step       text not null,
+        planned_at timestamptz not null default now(),
+        primary key (run_id, step)
+    );
+    insert into {schema}.run_steps (run_id, step) select distinct run_id, step from {schema}.deliveries;
+    """,
 ]
 
 
-def migrate(conn: psycopg.Connection) -> None:
-    """Create or upgrade the sender's schema; safe to run at every start, and concurrently."""
-    schema = sql.Identifier(SCHEMA)
-    with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
-        conn.execute(sql.SQL("create schema if not exists {}").format(schema))
-        conn.execute(sql.SQL("create table if not exists {}.schema_version (version integer not null)").format(schema))
-        row = conn.execute(sql.SQL("select max(version) from {}.schema_version").format(schema)).fetchone()
-        for version, ddl in enumerate(MIGRATIONS[row[0] or 0 :], start=(row[0] or 0) + 1):
-            conn.execute(sql.SQL(ddl).format(schema=schema))
-            conn.execute(sql.SQL("insert into {}.schema_version values (%s)").format(schema), (version,))
+@dataclass(frozen=True)
+class Run:
+    run_id: int
+    status: str  # as found: 'new' when created now
 
 
-def table(name: str) -> sql.Identifier:
-    return sql.Identifier(SCHEMA, name)
+@dataclass(frozen=True)
+class Claimed:
+    user_id: str
+    token: str
+    title: str
+    body: str
+    data: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Counts:
+    audience: int = 0
+    no_token: int = 0
+    sent: int = 0
+    failed: int = 0
+    invalid_tokens: int = 0
+    render_errors: int = 0
+    unknown: int = 0
+    queued: int = 0
 
 
 def try_lock_campaign(conn: psycopg.Connection, campaign: str) -> bool:
-    """Session advisory lock: one sender per campaign (and ledger), released when the process ends."""
-    row = conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, _lock_key(campaign))).fetchone()
-    return row[0]
+    """Session advisory lock: one sender per campaign, whatever its ledger schema; freed when the session ends."""
+    return conn.execute("select pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, campaign)).fetchone()[0]
 
 
 def unlock_campaign(conn: psycopg.Connection, campaign: str) -> None:
-    conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, _lock_key(campaign)))
+    conn.execute("select pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, campaign))
 
 
-def _lock_key(campaign: str) -> str:
-    return f"{SCHEMA}:{campaign}"
+class Ledger:
+    """The ledger in `schema`, through an autocommit connection."""
+
+    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+
+    def _t(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def _q(self, query: str, **tables: str) -> sql.Composed:
+        return sql.SQL(query).format(**{key: self._t(name) for key, name in tables.items()})
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe to run at every start, and concurrently."""
+        schema = sql.Identifier(self.schema)
+        with self.conn.transaction():
+            self.conn.execute("select pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS,))
+            self.conn.execute(sql.SQL("create schema if not exists {}").format(schema))
+            self.conn.execute(
+                sql.SQL("create table if not exists {}.schema_version (version integer not null)").format(schema)
+            )
+            row = self.conn.execute(sql.SQL("select max(version) from {}.schema_version").format(schema)).fetchone()
+            for version, ddl in enumerate(MIGRATIONS[row[0] or 0 :], start=(row[0] or 0) + 1):
+                self.conn.execute(sql.SQL(ddl).format(schema=schema))
+                self.conn.execute(sql.SQL("insert into {}.schema_version values (%s)").format(schema), (version,))
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    def start_run(self, campaign: str, layer: int, mode: str, run_key: str) -> Run:
+        """The run with this key (its status as found), now marked running by this process; or a new one."""
+        me = (socket.gethostname(), os.getpid())
+        found = self.conn.execute(
+            self._q("select run_id, status from {r} where campaign = %s and mode = %s and run_key = %s", r="runs"),
+            (campaign, mode, run_key),
+        ).fetchone()
+        if found:
+            self.conn.execute(
+                self._q(
+                    "update {runs} set host = %s, pid = %s, heartbeat_at = now(), error = null,"
+                    " status = case when status = 'succeeded' then status else 'running' end where run_id = %s",
+                    runs="runs",
+                ),
+                (*me, found[0]),
+            )
+            return Run(*found)
+        row = self.conn.execute(
+            self._q(
+                "insert into {runs} (campaign, layer, mode, run_key, host, pid, heartbeat_at)"
+                " values (%s, %s, %s, %s, %s, %s, now()) returning run_id",
+                runs="runs",
+            ),
+            (campaign, layer, mode, run_key, *me),
+        ).fetchone()
+        return Run(row[0], "new")
+
+    def finish_run(self, run_id: int, status: str, summary: list[dict] | None, error: str | None = None) -> None:
+        self.conn.execute(
+            self._q(
+                "update {runs} set status = %s, finished_at = now(), summary = coalesce(%s, summary), error = %s"
+                " where run_id = %s",
+                runs="runs",
+            ),
+            (status, json.dumps(summary) if summary is not None else None, error, run_id),
+        )
+
+    # --- planning -----------------------------------------------------------------------------------
+
+    def planned_steps(self, run_id: int) -> set[str]:
+        rows = self.conn.execute(self._q("select step from {s} where run_id = %s", s="run_steps"), (run_id,))
+        return {row[0] for row in rows}
+
+    def plan_step(
+        self,
+        run_id: int,
+        step: str,
+        rendered: Iterable[Iterable[tuple[str, str, str, str, str | None]]],
+        device_tokens: tuple[str, str],
+    ) -> None:
+        """Write a step's rows, in one transaction: one per (user, token) of the rendered audience.
+
+        `rendered` yields chunks of (user_id, title, body, data as JSON, render error or None); it may
+        read from this same connection (a server-side cursor inside this transaction). Tokens come
+        from `device_tokens` (schema, view) now, minus those known invalid; a malformed token (empty,
+        whitespace, control characters, over MAX_TOKEN_LENGTH) is settled invalid_token and recorded.
+        """
+        with self.conn.transaction():
+            self.conn.execute(
+                "create temporary table rendered (user_id uuid, title text, body text, data jsonb, error text)"
+                " on commit drop"
+            )
+            for chunk in rendered:
+                with self.conn.cursor() as cur, cur.copy("copy rendered from stdin") as copy_in:
+                    for row in chunk:
+                        copy_in.write_row(row)
+            self.conn.execute(
+                sql.SQL(
+                    """
+                    create temporary table planned on commit drop as
+                    select rendered.user_id, coalesce(tokens.token, '') as token,
+                        case
+                            when rendered.error is not null then 'render_error'
+                            when tokens.token is null then 'no_token'
+                            when tokens.malformed is not null then 'invalid_token'
+                            else 'queued'
+                        end as status,
+                        rendered.title, rendered.body, rendered.data,
+                        coalesce(rendered.error, tokens.malformed) as error
+                    from rendered
+                    left join lateral (
+                        select distinct
+                            device_tokens.token,
+                            case
+                                when device_tokens.token ~ '^\\s*$' then 'malformed token: empty or whitespace'
+                                when length(device_tokens.token) > %(max_length)s
+                                    then 'malformed token: longer than ' || %(max_length)s || ' characters'
+                                when device_tokens.token ~ '[\\s[:cntrl:]]'
+                                    then 'malformed token: holds whitespace or control characters'
+                            end as malformed
+                        from {device_tokens} as device_tokens
+                        where device_tokens.user_id = rendered.user_id
+                            and device_tokens.token is not null
+                            and rendered.error is null
+                            and not exists (
+                                select from {invalid_tokens} as invalid
+                                where invalid.token = device_tokens.token
+                            )
+                    ) as tokens on true
+                    """
+                ).format(device_tokens=sql.Identifier(*device_tokens), invalid_tokens=self._t("invalid_tokens")),
+                {"max_length": MAX_TOKEN_LENGTH},
+            )
+            self.conn.execute(
+                self._q(
+                    "insert into {deliveries} (run_id, step, user_id, token, status, title, body, data, error)"
+                    " select %(run_id)s, %(step)s, user_id, token, status, title, body, data, error from planned"
+                    " on conflict do nothing",
+                    deliveries="deliveries",
+                ),
+                {"run_id": run_id, "step": step},
+            )
+            self.conn.execute(
+                self._q(
+                    "insert into {invalid_tokens} (token, reason, run_id)"
+                    " select distinct on (token) token, error, %s from planned where status = 'invalid_token'"
+                    " on conflict do nothing",
+                    invalid_tokens="invalid_tokens",
+                ),
+                (run_id,),
+            )
+            self.conn.execute(self._q("insert into {s} (run_id, step) values (%s, %s)", s="run_steps"), (run_id, step))
+
+    # --- delivering ---------------------------------------------------------------------------------
+
+    def count_queued(self, run_id: int, step: str) -> int:
+        query = self._q(
+            "select count(*) from {d} where run_id = %s and step = %s and status = 'queued'", d="deliveries"
+        )
+        return self.conn.execute(query, (run_id, step)).fetchone()[0]
+
+    def claim(self, run_id: int, step: str, size: int) -> list[Claimed]:
+        """Mark the next batch pending (durably, before it is handed to FCM) and return it."""
+        rows = self.conn.execute(
+            self._q(
+                """
+                update {d} set status = 'pending', updated_at = now()
+                where (run_id, step, user_id, token) in (
+                    select run_id, step, user_id, token from {d}
+                    where run_id = %s and step = %s and status = 'queued'
+                    limit %s  -- any order: no sort, the (run_id, step, status) index serves it
+                    for update skip locked
+                )
+                returning user_id, token, title, body, data
+                """,
+                d="deliveries",
+            ),
+            (run_id, step, size),
+            prepare=False,  # a prepared (generic) plan scans the step's whole ledger: 70 ms instead of 11 ms
+        ).fetchall()
+        return [Claimed(str(r[0]), r[1], r[2], r[3], r[4] or {}) for r in rows]
+
+    def settle(self, run_id: int, step: str, outcomes: list[tuple[str, str, str, str | None, str | None]]) -> None:
+        """Record (user_id, token, status, message id, error) of pending rows, and the tokens FCM
+        rejected (status invalid_token), in one transaction. A status 'queued' returns the row to the queue."""
+        columns = [list(column) for column in zip(*outcomes, strict=True)] if outcomes else [[]] * 5
+        with self.conn.transaction():
+            # No need to wait for the disk: if a database crash lost this commit, the rows would still be
+            # 'pending' (outcome unknown, never re-sent). The claim that marks them pending is durable.
+            self.conn.execute("set local synchronous_commit = off")
+            self.conn.execute(
+                self._q(
+                    """
+                    update {d} as d
+                    set status = v.status, fcm_message_id = v.message_id, error = v.error, updated_at = now()
+                    from unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+                        as v(user_id, token, status, message_id, error)
+                    where d.run_id = %s and d.step = %s and d.user_id = v.user_id and d.token = v.token
+                        and d.status = 'pending'
+                    """,
+                    d="deliveries",
+                ),
+                (*columns, run_id, step),
+                prepare=False,  # as in claim: keep the per-batch custom plan
+            )
+            invalid = [(token, error) for _, token, status, _, error in outcomes if status == "invalid_token"]
+            if invalid:
+                self.conn.execute(
+                    self._q(
+                        "insert into {t} (token, reason, run_id) select t, r, %s"
+                        " from unnest(%s::text[], %s::text[]) as v(t, r) on conflict do nothing",
+                        t="invalid_tokens",
+                    ),
+                    (run_id, [t for t, _ in invalid], [r or "invalid" for _, r in invalid]),
+                )
+
+    def requeue(self, run_id: int, steps: list[str], status: str) -> int:
+        """Queue again the run's rows in `status` ('pending': --resend-unknown, 'failed': --retry-failed)."""
+        assert status in ("pending", "failed")
+        query = self._q(
+            "update {d} set status = 'queued', error = null, updated_at = now()"
+            " where run_id = %s and step = any(%s) and status = %s",
+            d="deliveries",
+        )
+        return self.conn.execute(query, (run_id, steps, status)).rowcount
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def counts(self, run_id: int, step: str) -> Counts:
+        row = self.conn.execute(
+            self._q(
+                """
+                select
+                    count(distinct user_id),
+                    count(distinct user_id) filter (where status = 'no_token'),
+                    count(*) filter (where status in ('sent', 'validated', 'dry_run')),
+                    count(*) filter (where status = 'failed'),
+                    count(*) filter (where status = 'invalid_token'),
+                    count(distinct user_id) filter (where status = 'render_error'),
+                    count(*) filter (where status = 'pending'),
+                    count(*) filter (where status = 'queued')
+                from {d} where run_id = %s and step = %s
+                """,
+                d="deliveries",
+            ),
+            (run_id, step),
+        ).fetchone()
+        return Counts(*row)
+
+    def unknown_messages(self, run_id: int, step: str) -> list[tuple[str, str]]:
+        query = self._q(
+            "select user_id::text, token from {d} where run_id = %s and step = %s and status = 'pending'"
+            " order by user_id, token",
+            d="deliveries",
+        )
+        return [tuple(row) for row in self.conn.execute(query, (run_id, step))]
+
+    def examples(self, run_id: int, step: str) -> Iterator[dict]:
+        """One message per outcome: a sample of what was rendered, sent or refused."""
+        query = self._q(
+            """
+            select distinct on (status) user_id::text as user_id, status, title, body, data, error from {d}
+            where run_id = %s and step = %s
+                and status in ('sent', 'validated', 'dry_run', 'failed', 'render_error', 'invalid_token')
+            order by status, user_id
+            """,
+            d="deliveries",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            yield from cur.execute(query, (run_id, step))

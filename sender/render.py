@@ -5,6 +5,9 @@
   `{{ top_target_shoe | default('your grail') }}` reads "your grail" when the user has no shoe.
 - A rendered title or body that is empty, or a message over FCM's 4096-byte payload limit, is an
   error for that row: reported, not sent.
+- Templates run in Jinja's sandbox with no globals: they read their row's columns and use filters,
+  nothing else. Access to an attribute or key starting with `_` is refused when the template is
+  compiled (validation fails); anything else unsafe fails at render time, as a row error.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
+import jinja2.sandbox
 
 FCM_PAYLOAD_LIMIT = 4096  # bytes of notification + data, FCM's limit for a message
 
@@ -24,12 +29,22 @@ def _default(value, default_value="", boolean=False):
     return value
 
 
-ENV = jinja2.Environment(
+ENV = jinja2.sandbox.ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
     finalize=lambda value: "" if value is None else value,
 )
+ENV.globals.clear()  # no range, cycler, joiner, lipsum, dict, namespace: a template sees its row only
 ENV.filters["default"] = ENV.filters["d"] = _default
+
+
+def _private_access(parsed: jinja2.nodes.Template) -> str | None:
+    """The first `x._name` or `x['_name']` in a template, which the sandbox forbids anyway."""
+    for node in parsed.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        name = node.attr if isinstance(node, jinja2.nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            return name
+    return None
 
 
 class TemplateError(Exception):
@@ -78,6 +93,9 @@ def compile_copy(where: str, title: str, body: str, data: dict[str, str], column
     for field, source in sources.items():
         try:
             parsed = ENV.parse(source)
+            private = _private_access(parsed)
+            if private:
+                raise TemplateError(f"{where} {field}: unsafe access to {private!r}: templates may only read columns")
             unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(columns))
             if unknown:
                 raise TemplateError(

@@ -1,12 +1,17 @@
-"""Send a campaign: one code path for the four modes (DELIVERY.md, "Modes" and "Delivery rules").
+"""Send a campaign: one code path for the four modes (DELIVERY.md, "Modes", "Delivery rules",
+"Failures and recovery").
 
 1. Validate every step's templates against its audience columns (nothing is sent on an error).
 2. Safeguards: an inactive campaign never sends live; a live step over --max-audience fails the
    run before anything is sent, unless allowed.
 3. Start the run, or resume the unfinished run with the same (campaign, mode, run key).
 4. Per step: plan it once (render every row, join the device tokens at send time, write one
-   `queued` ledger row per (user, token)); then claim batches (`pending`), hand them to FCM and
-   settle the outcomes as they come back.
+   ledger row per (user, token), record the step as planned even when its audience is empty); then
+   prove FCM accepts our credentials (preflight), claim batches (`pending`), hand them to the workers
+   and settle the outcomes as they come back. At most `workers` batches are with FCM at a time, so a
+   kill -9 leaves at most workers x batch-size messages pending.
+5. A systemic refusal (credentials, project, FCM unreachable) stops the run after the batches in
+   flight; refused and unsent messages stay queued for the same command to send later.
 
 Only the audience (test users or the real audience) and the final call (FCM dry run, FCM send, or
 none) differ between modes.
@@ -15,11 +20,11 @@ none) differ between modes.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -27,25 +32,38 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
-from sender import audiences, dispatch, ledger
+from sender import audiences, dispatch
 from sender.campaigns import Campaign, Step, find_step
-from sender.errors import UserError
+from sender.config import Config
+from sender.errors import ExitCode, UserError
+from sender.interrupts import Interrupted, Stop
+from sender.ledger import Ledger, try_lock_campaign
 from sender.render import Copy, Rendered, TemplateError, compile_copy
 
 MODES = ("test-dry-run", "test-live", "live-dry-run", "live")
-DONE = ("sent", "validated", "dry_run")
+MAX_RUN_KEY = 200
 
 
 class ValidationFailed(UserError):
-    exit_code = 3
+    exit_code = ExitCode.VALIDATION
 
 
 class SafeguardTripped(UserError):
-    exit_code = 4
+    exit_code = ExitCode.SAFEGUARD
 
 
 class Locked(UserError):
-    exit_code = 5
+    exit_code = ExitCode.LOCKED
+
+
+class Systemic(UserError):
+    """FCM refuses the sender itself: the run stopped, nothing was lost."""
+
+    exit_code = ExitCode.SYSTEMIC
+
+
+class WorkerDied(UserError):
+    exit_code = ExitCode.PARTIAL
 
 
 @dataclass
@@ -56,6 +74,7 @@ class Options:
     max_audience: int = 10_000
     allow_large: bool = False
     resend_unknown: bool = False
+    retry_failed: bool = False
     workers: int = 2
     batch_size: int = 250
     skip_delays: bool = False
@@ -94,7 +113,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.status == "succeeded" else 6
+        return ExitCode.OK if self.status == "succeeded" else ExitCode.PARTIAL
 
 
 def is_test(mode: str) -> bool:
@@ -108,21 +127,46 @@ def default_run_key(campaign: Campaign, mode: str, now: datetime) -> str:
     return now.isoformat()
 
 
+def fcm_settings(config: Config) -> dispatch.FcmSettings:
+    return dispatch.FcmSettings(config.fcm_emulator_host, config.fcm_project_id, config.credentials_file)
+
+
+@dataclass
+class _Sending:
+    """What the steps of one invocation share."""
+
+    ledger: Ledger
+    run_id: int
+    options: Options
+    fcm: dispatch.FcmSettings
+    stop: Stop
+    progress: Callable[[str, int], Callable[[int], None]]
+    log: Callable[[str], None]
+    checked_fcm: bool = False
+
+
 def send_campaign(
     conn: psycopg.Connection,
     lock_conn: psycopg.Connection,
+    config: Config,
     campaign: Campaign,
     options: Options,
     now: datetime,
     progress: Callable[[str, int], Callable[[int], None]] = lambda step, total: lambda n: None,
     log: Callable[[str], None] = print,
+    stop: Stop | None = None,
 ) -> RunResult:
     """Run (or resume) one send of `campaign`; conn and lock_conn are autocommit connections."""
     if options.mode not in MODES:
         raise UserError(f"unknown mode {options.mode!r} (modes: {', '.join(MODES)})")
+    if options.run_key is not None and (
+        not options.run_key.strip() or len(options.run_key) > MAX_RUN_KEY or not options.run_key.isprintable()
+    ):
+        raise UserError(f"--run-key must be 1 to {MAX_RUN_KEY} printable characters")
     steps = [find_step(campaign, options.step)] if options.step else list(campaign.steps)
-    ledger.migrate(conn)
-    if not ledger.try_lock_campaign(lock_conn, campaign.name):
+    ledger = Ledger(conn, config.sender_schema)
+    ledger.migrate()
+    if not try_lock_campaign(lock_conn, campaign.name):
         raise Locked(f"another sender is already sending campaign {campaign.name}; not starting a second one")
 
     test = is_test(options.mode)
@@ -139,36 +183,52 @@ def send_campaign(
                 )
 
     run_key = options.run_key or default_run_key(campaign, options.mode, now)
-    run_id, previous = _start_run(conn, campaign, options.mode, run_key)
-    result = RunResult(run_id, campaign.name, options.mode, run_key, previous, [], [], resumed=previous != "new")
-    log(f"run {run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
-    if options.resend_unknown:
-        requeued = _requeue_unknown(conn, run_id, [step.name for step in steps])
-        log(f"run {run_id}: {requeued} messages of unknown outcome queued again (--resend-unknown)")
+    run = ledger.start_run(campaign.name, campaign.layer, options.mode, run_key)
+    result = RunResult(run.run_id, campaign.name, options.mode, run_key, run.status, [], [], run.status != "new")
+    log(f"run {run.run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
+    sending = _Sending(ledger, run.run_id, options, fcm_settings(config), stop or Stop(), progress, log)
+    try:
+        _send_steps(sending, campaign, steps, plans, result)
+    except Interrupted as exc:
+        _record_end(ledger, run.run_id, "interrupted", f"stopped by {exc}")
+        raise
+    except BaseException as exc:
+        _record_end(ledger, run.run_id, "failed", str(exc) or type(exc).__name__)
+        raise
+    return result
 
-    planned_before = {step.name: _is_planned(conn, run_id, step.name) for step in steps}
+
+def _send_steps(sending: _Sending, campaign: Campaign, steps: list[Step], plans: dict, result: RunResult) -> None:
+    ledger, run_id, options, log = sending.ledger, sending.run_id, sending.options, sending.log
+    names = [step.name for step in steps]
+    if options.resend_unknown:
+        log(f"run {run_id}: {ledger.requeue(run_id, names, 'pending')} messages of unknown outcome queued again")
+    if options.retry_failed:
+        log(f"run {run_id}: {ledger.requeue(run_id, names, 'failed')} failed messages queued again")
+    planned_before = ledger.planned_steps(run_id)
     for index, step in enumerate(steps):
-        if not planned_before[step.name]:
-            if index and step.delay_minutes and not test and not options.skip_delays:
+        if step.name not in planned_before:
+            if index and step.delay_minutes and not is_test(options.mode) and not options.skip_delays:
                 log(f"run {run_id}: waiting {step.delay_minutes:g} min before step {step.name}")
                 time.sleep(step.delay_minutes * 60)
             query, copy = plans[step.name]
-            invalid = _plan(conn, run_id, campaign, step, query, copy)
+            invalid = _plan(ledger, run_id, campaign, step, query, copy)
             if invalid:
                 result.warnings.append(f"step {step.name}: dropped {invalid} rows whose user_id is not a valid UUID")
-        _deliver(conn, run_id, step.name, options, progress, log)
-        result.steps.append(_summarise(conn, run_id, step.name))
+        _deliver(sending, step.name)
+        result.steps.append(_summarise(ledger, run_id, step.name))
     # every step was complete before this invocation: nothing was sent now
-    result.already_done = previous == "succeeded" and all(planned_before.values())
-
+    result.already_done = result.status == "succeeded" and set(names) <= planned_before
     result.status = "succeeded" if all(s.finished for s in result.steps) else "failed"
-    conn.execute(
-        sql.SQL("update {} set status = %s, finished_at = now(), summary = %s where run_id = %s").format(
-            ledger.table("runs")
-        ),
-        (result.status, json.dumps([_counts(s) for s in result.steps]), run_id),
-    )
-    return result
+    ledger.finish_run(run_id, result.status, [_counts(s) for s in result.steps])
+
+
+def _record_end(ledger: Ledger, run_id: int, status: str, error: str) -> None:
+    """Record how the run ended, if the database still answers."""
+    try:
+        ledger.finish_run(run_id, status, None, error[:1000])
+    except psycopg.Error:
+        pass
 
 
 def _counts(summary: StepSummary) -> dict:
@@ -218,243 +278,96 @@ def _audience_size(conn: psycopg.Connection, step: Step) -> int:
     ]
 
 
-def _start_run(conn: psycopg.Connection, campaign: Campaign, mode: str, run_key: str) -> tuple[int, str]:
-    """(run_id, previous status or 'new')."""
-    runs = ledger.table("runs")
-    row = conn.execute(
-        sql.SQL("select run_id, status from {} where campaign = %s and mode = %s and run_key = %s").format(runs),
-        (campaign.name, mode, run_key),
-    ).fetchone()
-    if row:
-        if row[1] != "succeeded":
-            conn.execute(sql.SQL("update {} set status = 'running' where run_id = %s").format(runs), (row[0],))
-        return row[0], row[1]
-    row = conn.execute(
-        sql.SQL("insert into {} (campaign, layer, mode, run_key) values (%s, %s, %s, %s) returning run_id").format(
-            runs
-        ),
-        (campaign.name, campaign.layer, mode, run_key),
-    ).fetchone()
-    return row[0], "new"
-
-
-def _is_planned(conn: psycopg.Connection, run_id: int, step: str) -> bool:
-    query = sql.SQL("select exists (select from {} where run_id = %s and step = %s)").format(ledger.table("deliveries"))
-    return conn.execute(query, (run_id, step)).fetchone()[0]
-
-
-def _plan(
-    conn: psycopg.Connection, run_id: int, campaign: Campaign, step: Step, query: sql.Composable, copy: Copy
-) -> int:
-    """Write the step's ledger rows, all in one transaction; returns how many rows had invalid user ids."""
+def _plan(ledger: Ledger, run_id: int, campaign: Campaign, step: Step, query: sql.Composable, copy: Copy) -> int:
+    """Write the step's ledger rows; returns how many audience rows had a user_id that is not a UUID."""
     invalid = 0
-    with conn.transaction():
-        conn.execute(
-            "create temporary table rendered (user_id uuid, title text, body text, data jsonb, error text)"
-            " on commit drop"
-        )
-        for chunk in render_chunks(conn, query, copy):
-            with conn.cursor() as cur, cur.copy("copy rendered from stdin") as copy_in:
-                for user_id, _, rendered in chunk:
-                    if user_id is None:
-                        invalid += 1
-                        continue
-                    copy_in.write_row(
-                        (user_id, rendered.title, rendered.body, json.dumps(rendered.data), rendered.error)
-                    )
-        conn.execute(
-            sql.SQL(
-                """
-                insert into {deliveries} (run_id, step, user_id, token, status, title, body, data, error)
-                select %(run_id)s, %(step)s, rendered.user_id, coalesce(tokens.token, ''),
-                    case
-                        when rendered.error is not null then 'render_error'
-                        when tokens.token is null then 'no_token'
-                        else 'queued'
-                    end,
-                    rendered.title, rendered.body, rendered.data, rendered.error
-                from rendered
-                left join lateral (
-                    select distinct device_tokens.token
-                    from {device_tokens} as device_tokens
-                    where device_tokens.user_id = rendered.user_id
-                        and rendered.error is null
-                        and not exists (
-                            select from {invalid_tokens} as invalid
-                            where invalid.token = device_tokens.token
-                        )
-                ) as tokens on true
-                on conflict do nothing
-                """
-            ).format(
-                deliveries=ledger.table("deliveries"),
-                device_tokens=sql.Identifier(*campaign.device_tokens),
-                invalid_tokens=ledger.table("invalid_tokens"),
-            ),
-            {"run_id": run_id, "step": step.name},
-        )
+
+    def rows():
+        nonlocal invalid
+        for chunk in render_chunks(ledger.conn, query, copy):
+            invalid += sum(1 for user_id, _, _ in chunk if user_id is None)
+            yield [
+                (user_id, r.title, r.body, json.dumps(r.data), r.error)
+                for user_id, _, r in chunk
+                if user_id is not None
+            ]
+
+    ledger.plan_step(run_id, step.name, rows(), campaign.device_tokens)
     return invalid
 
 
-def _claim(conn: psycopg.Connection, run_id: int, step: str, size: int) -> list[dispatch.Message]:
-    """Mark the next batch pending (before any FCM call) and return it."""
-    rows = conn.execute(
-        sql.SQL(
-            """
-            update {d} set status = 'pending', updated_at = now()
-            where (run_id, step, user_id, token) in (
-                select run_id, step, user_id, token from {d}
-                where run_id = %s and step = %s and status = 'queued'
-                limit %s  -- any order: no sort, the (run_id, step, status) index serves it
-                for update skip locked
-            )
-            returning user_id, token, title, body, data
-            """
-        ).format(d=ledger.table("deliveries")),
-        (run_id, step, size),
-        prepare=False,  # a prepared (generic) plan scans the step's whole ledger: 70 ms instead of 11 ms per batch
-    ).fetchall()
-    return [dispatch.Message(str(r[0]), r[1], r[2], r[3], r[4] or {}) for r in rows]
-
-
-def _settle(conn: psycopg.Connection, run_id: int, step: str, batch, outcomes) -> None:
-    """Record the outcomes of a batch, and the tokens FCM rejected, in one transaction."""
-    pairs = list(zip(batch, outcomes, strict=True))
-    columns = (
-        [m.user_id for m, _ in pairs],
-        [m.token for m, _ in pairs],
-        [o.status for _, o in pairs],
-        [o.message_id for _, o in pairs],
-        [o.error for _, o in pairs],
-    )
-    with conn.transaction():
-        # No need to wait for the disk: if a database crash lost this commit, the rows would still be
-        # 'pending' (outcome unknown, never re-sent). The claim that marks them pending is durable.
-        conn.execute("set local synchronous_commit = off")
-        conn.execute(
-            sql.SQL(
-                """
-                update {d} as d
-                set status = v.status, fcm_message_id = v.message_id, error = v.error, updated_at = now()
-                from unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
-                    as v(user_id, token, status, message_id, error)
-                where d.run_id = %s and d.step = %s and d.user_id = v.user_id and d.token = v.token
-                    and d.status = 'pending'
-                """
-            ).format(d=ledger.table("deliveries")),
-            (*columns, run_id, step),
-            prepare=False,  # as in _claim: keep the per-batch custom plan
-        )
-        invalid = [(m.token, o.error) for m, o in pairs if o.status == "invalid_token"]
-        if invalid:
-            conn.execute(
-                sql.SQL(
-                    "insert into {} (token, reason, run_id) select t, r, %s from unnest(%s::text[], %s::text[])"
-                    " as v(t, r) on conflict do nothing"
-                ).format(ledger.table("invalid_tokens")),
-                (run_id, [t for t, _ in invalid], [r for _, r in invalid]),
-            )
-
-
-def _deliver(conn: psycopg.Connection, run_id: int, step: str, options: Options, progress, log) -> None:
-    """Claim, send and settle batches until the step has nothing queued."""
-    queued = conn.execute(
-        sql.SQL("select count(*) from {} where run_id = %s and step = %s and status = 'queued'").format(
-            ledger.table("deliveries")
-        ),
-        (run_id, step),
-    ).fetchone()[0]
+def _deliver(sending: _Sending, step: str) -> None:
+    """Claim, send and settle batches until the step has nothing queued (or a stop is asked for)."""
+    ledger, run_id, options, stop = sending.ledger, sending.run_id, sending.options, sending.stop
+    queued = ledger.count_queued(run_id, step)
     if not queued:
         return
-    advance = progress(step, queued)
+    advance = sending.progress(step, queued)
     if options.mode == "live-dry-run":  # no FCM call: every message is recorded as a dry run
-        while batch := _claim(conn, run_id, step, options.batch_size):
-            _settle(conn, run_id, step, batch, [dispatch.Outcome("dry_run")] * len(batch))
-            advance(len(batch))
+        with stop.deferred():
+            while not stop.requested and (batch := ledger.claim(run_id, step, options.batch_size)):
+                ledger.settle(run_id, step, [(m.user_id, m.token, "dry_run", None, None) for m in batch])
+                advance(len(batch))
+        stop.check()
         return
-    unreachable = None
-    emulator = os.environ.get("FCM_EMULATOR_HOST") or None
-    project = os.environ.get("FIREBASE_PROJECT_ID") or ("demo-project" if emulator else None)
-    with ProcessPoolExecutor(options.workers, initializer=dispatch.init_worker, initargs=(emulator, project)) as pool:
-        in_flight: dict[Future, list[dispatch.Message]] = {}
-        stopping = False  # Ctrl-C: claim nothing more, but settle what is already with FCM
+    if not sending.checked_fcm:
+        cause = dispatch.preflight(sending.fcm)
+        if cause:
+            raise Systemic(_systemic_message(sending, cause))
+        sending.checked_fcm = True
+    cause = died = None
+    announced = False
+    dry_run = options.mode == "test-dry-run"
+    with (
+        stop.deferred(),
+        ProcessPoolExecutor(options.workers, initializer=dispatch.init_worker, initargs=(sending.fcm,)) as pool,
+    ):
+        in_flight: dict[Future, list] = {}
         while True:
-            while not stopping and unreachable is None and len(in_flight) < 2 * options.workers:
-                batch = _claim(conn, run_id, step, options.batch_size)
+            while not (cause or died or stop.requested) and len(in_flight) < options.workers:
+                batch = ledger.claim(run_id, step, options.batch_size)
                 if not batch:
                     break
-                in_flight[pool.submit(dispatch.send_batch, batch, options.mode == "test-dry-run")] = batch
+                in_flight[pool.submit(dispatch.send_batch, batch, dry_run)] = batch
             if not in_flight:
                 break
-            try:
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                stopping = True
-                log(f"run {run_id}: interrupted; settling the {len(in_flight)} batches already sent")
-                continue
+            done, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+            if stop.requested and not announced:
+                announced = True
+                sending.log(f"run {run_id}: stopping; settling the {len(in_flight)} batches already with FCM")
             for future in done:
                 batch = in_flight.pop(future)
-                outcomes = future.result()
-                _settle(conn, run_id, step, batch, outcomes)
+                try:
+                    outcomes = future.result()
+                except BrokenProcessPool as exc:  # the batch was with a worker that died: outcome unknown
+                    died = died or str(exc) or "a sending process died"
+                    continue
+                settled = zip(batch, outcomes, strict=True)
+                ledger.settle(run_id, step, [(m.user_id, m.token, o.status, o.message_id, o.error) for m, o in settled])
                 advance(len(batch))
-                unreachable = unreachable or next((o.error for o in outcomes if o.status == "queued"), None)
-    if stopping:
-        raise KeyboardInterrupt
-    if unreachable:
-        raise UserError(
-            f"cannot reach FCM ({emulator or 'fcm.googleapis.com'}): {unreachable}; "
-            f"run {run_id} stopped, unsent messages stay queued for the next attempt"
-        )
+                cause = cause or next((o.error for o in outcomes if o.status == "queued"), None)
+    stop.check()
+    if died:
+        raise WorkerDied(f"run {run_id}: {died}; its messages stay pending (unknown outcome)")
+    if cause:
+        raise Systemic(_systemic_message(sending, cause))
 
 
-def _requeue_unknown(conn: psycopg.Connection, run_id: int, steps: list[str]) -> int:
-    query = sql.SQL(
-        "update {} set status = 'queued' where run_id = %s and step = any(%s) and status = 'pending'"
-    ).format(ledger.table("deliveries"))
-    return conn.execute(query, (run_id, steps)).rowcount
+def _systemic_message(sending: _Sending, cause: str) -> str:
+    where = sending.fcm.emulator_host or "fcm.googleapis.com"
+    return (
+        f"FCM ({where}) refuses this sender: {cause}; run {sending.run_id} stopped, nothing lost: unsent messages "
+        "stay queued, no token was marked invalid; fix the cause and run the same command again"
+    )
 
 
-def _summarise(conn: psycopg.Connection, run_id: int, step: str) -> StepSummary:
-    row = conn.execute(
-        sql.SQL(
-            """
-            select
-                count(distinct user_id),
-                count(distinct user_id) filter (where status = 'no_token'),
-                count(*) filter (where status in ('sent', 'validated', 'dry_run')),
-                count(*) filter (where status = 'failed'),
-                count(*) filter (where status = 'invalid_token'),
-                count(distinct user_id) filter (where status = 'render_error'),
-                count(*) filter (where status = 'pending'),
-                count(*) filter (where status = 'queued')
-            from {} where run_id = %s and step = %s
-            """
-        ).format(ledger.table("deliveries")),
-        (run_id, step),
-    ).fetchone()
-    unknown = conn.execute(
-        sql.SQL(
-            "select user_id::text, token from {} where run_id = %s and step = %s and status = 'pending'"
-            " order by user_id, token"
-        ).format(ledger.table("deliveries")),
-        (run_id, step),
-    ).fetchall()
-    examples = conn.execute(
-        sql.SQL(
-            """
-            select distinct on (status) user_id::text, status, title, body, data, error from {}
-            where run_id = %s and step = %s and status in ('sent', 'validated', 'dry_run', 'failed', 'render_error')
-            order by status, user_id
-            """
-        ).format(ledger.table("deliveries")),
-        (run_id, step),
-    ).fetchall()
-    names = ("user_id", "status", "title", "body", "data", "error")
+def _summarise(ledger: Ledger, run_id: int, step: str) -> StepSummary:
+    counts = ledger.counts(run_id, step)
     return StepSummary(
         step,
-        *row,
-        unknown_messages=[tuple(u) for u in unknown],
-        examples=[dict(zip(names, e, strict=True)) for e in examples],
+        **counts.__dict__,
+        unknown_messages=ledger.unknown_messages(run_id, step),
+        examples=list(ledger.examples(run_id, step)),
     )
 
 

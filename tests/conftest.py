@@ -16,10 +16,13 @@ import psycopg
 import pytest
 
 from sender.database import ensure_environment
-from sender.settings import PROJECT_DIR
+
+pytest_plugins = ["tests.sending"]
 
 AS_OF = "2026-11-20 18:00:00+00"
 DATABASE = os.environ.get("PYTEST_DATABASE", "pytest_push")
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TARGET_PATH = PROJECT_DIR / f"target-{DATABASE}"
 SOURCE_SCHEMA = "pytest_source"
 AUDIENCE_SCHEMA = "pytest_audiences"
 SAMPLE_USERS = 3000
@@ -29,13 +32,10 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="session")
 def env() -> dict[str, str]:
     """Environment for subprocesses: the test database, schemas and dbt target folder."""
-    ensure_environment(embedded_database=DATABASE)
-    return {
-        **os.environ,
-        "DBT_SCHEMA": AUDIENCE_SCHEMA,
-        "DBT_TARGET_PATH": str(PROJECT_DIR / f"target-{DATABASE}"),
-        "DBT_PROFILES_DIR": str(PROJECT_DIR),
-    }
+    ensure_environment(embedded_database=DATABASE, data_dir=PROJECT_DIR / ".pgdata")
+    # also for in-process calls: a campaign manifest re-parsed here must name the same schemas
+    os.environ.update(DBT_SCHEMA=AUDIENCE_SCHEMA, DBT_TARGET_PATH=str(TARGET_PATH), DBT_PROFILES_DIR=str(PROJECT_DIR))
+    return dict(os.environ)
 
 
 def run_cli(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def run_cli(env: dict[str, str], *args: str, check: bool = False) -> subprocess.
 def built(env: dict[str, str]) -> dict[str, str]:
     """Sample data loaded and every model built (dbt seed + run; `make test` runs dbt build itself)."""
     run_cli(env, "sender", "sample-data", "--users", str(SAMPLE_USERS), "--as-of", AS_OF,
-            "--schema", SOURCE_SCHEMA, "--replace", check=True)  # fmt: skip
+            "--schema", SOURCE_SCHEMA, "--replace", "--cascade", check=True)  # fmt: skip
     dbt_vars = f'{{source_schema: {SOURCE_SCHEMA}, as_of: "{AS_OF}"}}'
     run_cli(env, "dbt", "seed", "--quiet", check=True)
     run_cli(env, "dbt", "run", "--quiet", "--vars", dbt_vars, check=True)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import credentials, exceptions, messaging
 from urllib3.util.retry import Retry
 
+from sender import dispatch
 from sender.fcm_client import make_app
 from sender.fcm_emulator import EmulatorServer, is_loopback, serve
 
@@ -99,6 +100,22 @@ def test_send_each_batch_of_500(emulator, app):
     assert len(emulator.delivered()) == 499
 
 
+# DELIVERY.md, "Failures and recovery": the class of each FCM answer.
+CLASSES = {
+    "UNREGISTERED": "token",
+    "INVALID_ARGUMENT": "token",
+    "INVALID_PAYLOAD": "message",
+    "QUOTA_EXCEEDED": "transient",
+    "RESOURCE_EXHAUSTED": "transient",
+    "SENDER_ID_MISMATCH": "systemic",
+    "PERMISSION_DENIED": "systemic",
+    "UNAUTHENTICATED": "systemic",
+    "THIRD_PARTY_AUTH_ERROR": "systemic",
+    "UNAVAILABLE": "transient",
+    "INTERNAL": "transient",
+}
+
+
 @pytest.mark.parametrize(
     ("code", "status", "error_class"),
     [
@@ -106,7 +123,11 @@ def test_send_each_batch_of_500(emulator, app):
         ("INVALID_ARGUMENT", 400, exceptions.InvalidArgumentError),
         ("QUOTA_EXCEEDED", 429, messaging.QuotaExceededError),
         ("RESOURCE_EXHAUSTED", 429, exceptions.ResourceExhaustedError),
+        ("INVALID_PAYLOAD", 400, exceptions.InvalidArgumentError),
         ("SENDER_ID_MISMATCH", 403, messaging.SenderIdMismatchError),
+        ("PERMISSION_DENIED", 403, exceptions.PermissionDeniedError),
+        ("UNAUTHENTICATED", 401, exceptions.UnauthenticatedError),
+        ("THIRD_PARTY_AUTH_ERROR", 401, messaging.ThirdPartyAuthError),
         ("UNAVAILABLE", 503, exceptions.UnavailableError),
         ("INTERNAL", 500, exceptions.InternalError),
     ],
@@ -121,14 +142,21 @@ def test_programmed_errors_surface_as_sdk_exceptions(emulator, app, code, status
         error = response.json()["error"]
         assert error["code"] == status
         fcm_codes = [d["errorCode"] for d in error["details"] if d["@type"].endswith("FcmError")]
-        assert fcm_codes == ([] if code == "RESOURCE_EXHAUSTED" else [code])
+        generic = code in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAUTHENTICATED")  # no FcmError detail
+        assert fcm_codes == ([] if generic else ["INVALID_ARGUMENT" if code == "INVALID_PAYLOAD" else code])
         assert response.headers.get("Retry-After") == ("2" if status == 429 else None)
     if code == "RESOURCE_EXHAUSTED":  # project quota, no FcmError detail: not the per-device error
         assert not isinstance(caught.value, messaging.QuotaExceededError)
-    if code == "INVALID_ARGUMENT":
+    fields = [v["field"] for d in error["details"] for v in d.get("fieldViolations", [])]
+    if code == "INVALID_ARGUMENT":  # FCM blames the token...
         assert str(caught.value) == "The registration token is not a valid FCM registration token"
-    # make_app turns the SDK's own retries off: each call reached the emulator exactly once.
-    assert [m["error"] for m in emulator.messages()] == [code, code]
+        assert fields == ["message.token"]
+    if code == "INVALID_PAYLOAD":  # ...or a field of the payload
+        assert fields == ["message.data[0].value"]
+    # make_app turns the SDK's own retries off: each call reached the emulator exactly once; except a 401,
+    # which google-auth answers by refreshing the access token and trying twice more (FCM refused it: no copy).
+    assert [m["error"] for m in emulator.messages()] == [code] * (6 if status == 401 else 2)
+    assert dispatch.classify(caught.value) == CLASSES[code]
     assert messaging.send(push("fine"), app=app)
 
 
