@@ -33,6 +33,7 @@ from psycopg import sql
 
 from sender.errors import UserError
 
+DEFAULT_SCHEMA = "sample_source"  # never public by default: the PG* variables may point at production
 PRODUCTS = 300  # a few hundred products; variants per product: 3..12
 ORPHAN_PRODUCTS = 3  # products whose variants exist but which are not in `products`
 
@@ -583,6 +584,30 @@ select * from (values
 ) as v(tag, pref, attribute, value, preferred)
 """
 
+# What `drop table ... cascade` of the schema's `tables` would drop in other schemas, as (kind, name):
+# everything that depends on them, recursively (a view through its rewrite rule).
+_DEPENDENTS = """
+with recursive dropped(classid, objid) as (
+    select 'pg_class'::regclass::oid, c.oid
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = %(schema)s and c.relname = any(%(tables)s)
+  union
+    select x.classid, x.objid
+    from dropped d
+    cross join lateral (
+        select dep.classid, dep.objid from pg_depend dep  -- what depends on d
+        where dep.refclassid = d.classid and dep.refobjid = d.objid and dep.deptype in ('n', 'a', 'i')
+        union all
+        select dep.refclassid, dep.refobjid from pg_depend dep  -- what d is part of (a rule: its view)
+        where dep.classid = d.classid and dep.objid = d.objid and dep.deptype = 'i'
+    ) x
+)
+select o.type, o.identity
+from dropped d cross join lateral pg_identify_object(d.classid, d.objid, 0) o
+where o.schema not in (%(schema)s, 'pg_toast') and o.type not in ('type', 'index')
+order by o.identity
+"""
+
 _TEMP_TABLES = ("sample_catalog", "sample_named_variant", "sample_edge", "sample_edge_offer", "sample_edge_preference")
 
 
@@ -606,16 +631,20 @@ def generate(
     users: int,
     as_of: datetime,
     seed: int = 42,
-    schema: str = "public",
+    schema: str = DEFAULT_SCHEMA,
     replace: bool = False,
+    cascade: bool = False,
+    allow_public: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Create the contract's tables in ``schema`` and fill them for ``users`` users; return row counts.
 
     Runs in one transaction (committed at the end). A naive ``as_of`` is taken as UTC. With
-    ``replace`` existing contract tables are dropped first, with CASCADE: views built on them (e.g.
-    dbt staging views) go too and are rebuilt by the next ``dbt build``.
+    ``replace`` existing contract tables are dropped first, with what depends on them in ``schema``;
+    if objects in other schemas depend on them (e.g. dbt's views, which the next ``dbt build``
+    recreates) it refuses, naming them, unless ``cascade`` is given. ``public`` needs ``allow_public``.
     """
+    check_schema(schema, allow_public)
     if users < EDGE_USERS:
         raise UserError(f"--users must be at least {EDGE_USERS} (the users placed for edge cases)")
     if as_of.tzinfo is None:
@@ -637,14 +666,29 @@ def generate(
     with conn.transaction():
         conn.execute("set local time zone 'UTC'")
         conn.execute("set local maintenance_work_mem = '512MB'")
-        constraints = _create_tables(conn, schema, replace, say)
+        constraints = _create_tables(conn, schema, replace, cascade, say)
         counts = _fill(conn, params, say)
         _index(conn, schema, constraints, say)
     return counts
 
 
+def check_schema(schema: str, allow_public: bool = False) -> None:
+    """Refuse schema names PostgreSQL reserves or truncates, and ``public`` unless allowed."""
+    if not schema.strip():
+        raise UserError("--schema is empty")
+    if schema.lower().startswith("pg_") or schema.lower() == "information_schema":
+        raise UserError(f"--schema {schema!r}: PostgreSQL reserves that name for its own schemas; choose another")
+    if len(schema.encode()) > 63:
+        raise UserError(f"--schema {schema!r} is longer than PostgreSQL's 63-byte limit for names")
+    if schema == "public" and not allow_public:
+        raise UserError(
+            "--schema public: refusing to write sample data into public (the application's tables usually live"
+            " there); pass --allow-public if that is what you want"
+        )
+
+
 def _create_tables(
-    conn: psycopg.Connection, schema: str, replace: bool, say: Callable[[str], None]
+    conn: psycopg.Connection, schema: str, replace: bool, cascade: bool, say: Callable[[str], None]
 ) -> list[tuple[str, str, str]]:
     """Create the schema and the contract's tables without their primary keys and unique constraints.
 
@@ -668,8 +712,18 @@ def _create_tables(
             f"{', ...' if len(existing) > 3 else ''}); pass --replace to drop and regenerate them"
         )
     if existing:
-        say(f"dropping {len(existing)} existing tables in schema {schema}")
         names = sql.SQL(", ").join(sql.Identifier(schema, name) for name in existing)
+        conn.execute(sql.SQL("lock table {} in access exclusive mode").format(names))  # no new dependents
+        outside = [f"{kind} {name}" for kind, name in conn.execute(_DEPENDENTS, {"schema": schema, "tables": existing})]
+        if outside and not cascade:
+            shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+            raise UserError(
+                f"--replace would also drop {len(outside)} objects outside schema {schema!r} built on its tables"
+                f" ({shown}); pass --cascade to drop them too (dbt build recreates dbt's views)"
+            )
+        say(f"dropping {len(existing)} existing tables in schema {schema}")
+        if outside:
+            say(f"--cascade: also dropping {len(outside)} objects outside schema {schema}: {', '.join(outside)}")
         conn.execute(sql.SQL("drop table {} cascade").format(names))
     conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(schema)))
     for statement in creates:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import re
+import resource
+import signal
+import subprocess
+import time
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import AUDIENCE_SCHEMA, SOURCE_SCHEMA, run_cli
+from tests.conftest import AUDIENCE_SCHEMA, BIN, PROJECT_DIR, SOURCE_SCHEMA, run_cli
 from tests.contract import L2, L3, L5_LONG, L5_SHORT
 
 # campaign -> [(audience table, file prefix, separator, test marker, header)]
@@ -225,3 +231,125 @@ def test_no_manifest(built, tmp_path):
     result = export(env, tmp_path / "out", "layer2-trending")
     assert result.returncode == 2
     assert "no dbt manifest" in result.stderr
+
+
+# --- temporary files, concurrent exports, signals, full disks -----------------------------------------
+
+L5_TABLE = "layer5_new_stars"  # the last step of layer5-waterfall
+
+
+def timestamps(seconds: range) -> list[str]:
+    now = datetime.now(UTC)
+    return [(now + timedelta(seconds=s)).strftime("%Y%m%dT%H%M%S") for s in seconds]
+
+
+def export_process(env, out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "sender"), "export", *args, "--out", str(out)], env=env, cwd=PROJECT_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@contextmanager
+def blocked_export(env, db, out: Path):
+    """An export of layer5-waterfall stopped at its last step (its table locked), after 8 files were written."""
+    with db.transaction():
+        db.execute(sql.SQL("lock table {} in access exclusive mode").format(sql.Identifier(AUDIENCE_SCHEMA, L5_TABLE)))
+        process = export_process(env, out, "layer5-waterfall")
+        try:
+            with psycopg.connect(autocommit=True) as watcher:
+                for _ in range(300):
+                    waiting = watcher.execute(
+                        "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+                        " and datname = current_database() and query like %s",
+                        (f"%{L5_TABLE}%",),
+                    ).fetchone()[0]
+                    if waiting or process.poll() is not None:
+                        break
+                    time.sleep(0.1)
+            assert waiting, process.communicate()
+            assert len([p for p in out.iterdir() if p.name.endswith(".partial")]) == 8
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def test_temporary_files_never_follow_a_planted_symlink(built, tmp_path):
+    """The old temporary names were predictable (.<file>.partial) and opened without O_EXCL."""
+    out, outside = tmp_path / "out", tmp_path / "outside.txt"
+    out.mkdir()
+    outside.write_text("not yours")
+    for ts in timestamps(range(-2, 60)):
+        for name in (f"no-shoes-new-user-{ts}.csv", f"no-shoes-new-user-test-{ts}.csv"):
+            (out / f".{name}.partial").symlink_to(outside)
+    result = export(built, out, "layer5-waterfall")
+    assert result.returncode == 0, result.stderr
+    assert outside.read_text() == "not yours"
+    assert read_csv(one_file(out, "no-shoes-new-user", "-"))[0] == L5_SHORT
+
+
+def test_existing_files_are_never_replaced(built, tmp_path):
+    """Files with the timestamp the export would use already exist: it waits for a free second instead."""
+    planted = [tmp_path / f"{prefix}{ts}.csv" for ts in timestamps(range(-1, 3))
+               for prefix in ("no-shoes-new-user-", "no-shoes-new-user-test-")]  # fmt: skip
+    for path in planted:
+        path.write_text("someone else's file")
+    result = export(built, tmp_path, "layer5-waterfall")
+    assert result.returncode == 0, result.stderr
+    assert all(path.read_text() == "someone else's file" for path in planted)
+    written = [Path(line.split("\t")[0]) for line in result.stdout.splitlines()]
+    assert len(written) == 10 and not set(written) & set(planted)
+    assert all(read_csv(path)[0] for path in written)
+
+
+def test_concurrent_exports_into_one_folder(built, tmp_path):
+    """Exports started together into one folder take turns: none crashes, none overwrites another's files."""
+    processes = [export_process(built, tmp_path, "--all") for _ in range(3)]
+    outputs = [process.communicate() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    written = [line.split("\t")[0] for stdout, _ in outputs for line in stdout.splitlines()]
+    per_export = 2 * sum(len(files) for files in FILES.values())
+    assert len(written) == len(set(written)) == 3 * per_export
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(p).name for p in written)
+    assert len({re.search(TS, name).group() for name in written}) == 3
+
+
+def test_sigterm_removes_temporary_files(built, db, tmp_path):
+    with blocked_export(built, db, tmp_path) as process:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert "SIGTERM" in stderr and "no file written" in stderr and len(stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_export_are_removed_by_the_next(built, db, tmp_path):
+    with blocked_export(built, db, tmp_path) as process:
+        process.kill()
+        process.communicate(timeout=30)
+    assert len(list(tmp_path.iterdir())) == 8  # kill -9: its temporary files are left
+    result = export(built, tmp_path, "layer5-waterfall")
+    assert result.returncode == 0, result.stderr
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 10 and not [n for n in names if n.startswith(".")]
+
+
+def test_full_disk_is_one_line_error_and_leaves_no_file(built, tmp_path):
+    """A file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes writes fail with EFBIG, as a full disk does."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+
+    result = subprocess.run([str(BIN / "sender"), "export", "layer5-waterfall", "--out", str(tmp_path)], env=built,
+                            cwd=PROJECT_DIR, capture_output=True, text=True, preexec_fn=limit_file_size)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "File too large" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fcm_emulator_port_out_of_range(env):
+    result = subprocess.run([str(BIN / "sender"), "fcm-emulator", "--port", "70000"], env=env, cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "70000" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from datetime import UTC, datetime
 
 import psycopg
@@ -13,6 +14,7 @@ from psycopg import sql
 from sender import sample_data
 from sender.database import connect, ensure_environment
 from sender.errors import UserError
+from tests.conftest import BIN, PROJECT_DIR
 
 AS_OF = datetime(2026, 11, 20, 17, 30, tzinfo=UTC)
 DEMO_USERS = 20_000  # the size of the demo
@@ -392,3 +394,70 @@ def test_layer2_trending_holders(conn, demo):
         ).fetchall()
     )
     assert holders.get(True, 0) >= 20 and holders.get(False, 0) >= 20, holders
+
+
+# --- the command line: where the tables go, and what --replace may drop -------------------------------
+
+
+def sample_cli(conn: psycopg.Connection, *args: str, users: int = 100) -> subprocess.CompletedProcess:
+    """`sender sample-data` on the module's database, as a user runs it."""
+    command = [str(BIN / "sender"), "sample-data", "--users", str(users), "--as-of", AS_OF.isoformat(), *args]
+    env = {**os.environ, "PGDATABASE": conn.info.dbname}
+    return subprocess.run(command, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
+
+
+def tables_in(conn: psycopg.Connection, schema: str) -> list[str]:
+    return [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = %s order by 1", (schema,))]
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def test_cli_default_schema_is_sample_source(conn):
+    result = sample_cli(conn, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert "users" in tables_in(conn, "sample_source")
+    assert tables_in(conn, "public") == []
+
+
+def test_cli_refuses_public_unless_allowed(conn):
+    assert "--allow-public" in one_line_error(sample_cli(conn, "--schema", "public"))
+    assert tables_in(conn, "public") == []
+    try:
+        result = sample_cli(conn, "--schema", "public", "--allow-public")
+        assert result.returncode == 0, result.stderr
+        assert "users" in tables_in(conn, "public")
+    finally:
+        for table in tables_in(conn, "public"):
+            conn.execute(sql.SQL("drop table {} cascade").format(sql.Identifier("public", table)))
+
+
+@pytest.mark.parametrize("schema", ["pg_x", "information_schema", "s" * 64], ids=["pg_x", "information_schema", "long"])
+def test_cli_refuses_reserved_schema_names(conn, schema):
+    assert "--schema" in one_line_error(sample_cli(conn, "--schema", schema))
+    assert conn.execute("select count(*) from pg_namespace where nspname like 's%%s'").fetchone()[0] == 0
+    assert "users" not in tables_in(conn, "information_schema")
+
+
+def test_cli_replace_never_cascades_outside_the_schema_silently(conn):
+    assert sample_cli(conn, "--schema", "cascade_source", "--replace").returncode == 0
+    conn.execute("create schema cascade_views")
+    conn.execute("create view cascade_views.stg_users as select id from cascade_source.users")
+    conn.execute("create view cascade_views.int_users as select * from cascade_views.stg_users")
+    conn.execute("create view cascade_source.live_users as select id from cascade_source.users")  # same schema: fine
+    before = fingerprint(conn, "cascade_source")
+
+    error = one_line_error(sample_cli(conn, "--schema", "cascade_source", "--replace", users=200))
+    assert "cascade_views.stg_users" in error and "cascade_views.int_users" in error and "--cascade" in error
+    assert fingerprint(conn, "cascade_source") == before
+    views = "select count(*) from pg_views where schemaname = 'cascade_views'"
+    assert scalar(conn, views) == 2
+
+    result = sample_cli(conn, "--schema", "cascade_source", "--replace", "--cascade", users=200)
+    assert result.returncode == 0, result.stderr
+    assert "cascade_views.stg_users" in result.stderr and "cascade_views.int_users" in result.stderr
+    assert scalar(conn, views) == 0
+    assert scalar(conn, "select count(*) from cascade_source.users") == 200
