@@ -35,7 +35,7 @@ profiles.yml:
 # of the demo is a new send run (run key demo-<time>), so it can be repeated.
 demo: install
 	@$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences SENDER_SCHEMA=demo_sender && \
-	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace \
+	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace --cascade \
 	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --quiet --full-refresh --vars '{source_schema: demo_source, as_of: "$(AS_OF)"}' && \
 	rm -rf demo-output && $(BIN)/sender export --all --out demo-output && \
@@ -60,7 +60,7 @@ lint: install
 
 test: lint
 	@$(call db_env,push_test) && export DBT_SCHEMA=test_audiences && \
-	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace \
+	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace --cascade \
 	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
 	$(BIN)/pytest
