@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from psycopg import sql
@@ -156,3 +157,26 @@ def test_names_that_could_end_their_quotes_run_nothing(fresh, db, setting):
     else:  # a relation name: dbt writes it unescaped, so it is refused before any SQL runs
         assert "is not a usable name" in built.stdout, built.stdout[-3000:]
     assert db.execute("select to_regclass(%s)", (f"public.{INJECTED}",)).fetchone()[0] is None
+
+
+def test_every_layer_proves_its_guarantees_in_the_same_place(fresh, db, tmp_path):
+    env = fresh("pytest_dbt_guarantees")
+    run_cli(env, "dbt", "build", "--quiet", "--select", "+exposure:layer2_trending", "--vars", dbt_vars(), check=True)
+
+    manifest = json.loads((Path(env["DBT_TARGET_PATH"]) / "manifest.json").read_text())
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test" and "test_metadata" in n]
+    for exposure in manifest["exposures"].values():
+        meta = exposure["config"]["meta"]
+        audience = f"model.push_audiences.int_layer{meta['layer']}__audience"
+        on_user_id = {t["test_metadata"]["name"]: t for t in tests if t["attached_node"] == audience}
+        assert {"unique", "not_null", "exactly_one_of"} <= on_user_id.keys(), audience
+        steps = {f"model.push_audiences.{step['model']}" for step in meta["steps"]}
+        assert set(on_user_id["exactly_one_of"]["depends_on"]["nodes"]) == steps | {audience}
+
+    # a user in two files of the layer fails it
+    top1, top2 = (sql.Identifier(env["DBT_SCHEMA"], t) for t in ("layer2_trending_top1", "layer2_trending_top2_10"))
+    db.execute(sql.SQL("insert into {} select * from {} limit 1").format(top2, top1))
+    selected = "int_layer2__audience,test_name:exactly_one_of"
+    tested = run_cli(env, "dbt", "test", "--select", selected, "--vars", dbt_vars())
+    assert tested.returncode == 1, tested.stdout[-3000:]
+    assert "FAIL 1 exactly_one_of_int_layer2__audience_user_id" in tested.stdout
