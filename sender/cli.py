@@ -453,6 +453,96 @@ def diff_command(
         raise typer.Exit(diff.GATE_EXIT_CODE)
 
 
+cadence_app = typer.Typer(
+    help="Frequency caps (cadence): import past notifications, check a user.", no_args_is_help=True
+)
+app.add_typer(cadence_app, name="cadence")
+
+
+@cadence_app.command("import")
+def cadence_import_command(
+    ctx: typer.Context,
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.csv", help="CSV with a header: user_id, sent_at (ISO 8601 with a zone), optionally layer."
+        ),
+    ],
+    layer: Annotated[
+        int | None, typer.Option("--layer", help="The layer of rows without one (required with no layer column).")
+    ] = None,
+    campaign: Annotated[
+        str | None,
+        typer.Option("--campaign", help="Record the rows as this campaign's (name or old id); its layer by default."),
+    ] = None,
+) -> None:
+    """Import notifications sent before this ledger existed, for the frequency caps to count.
+
+    Every row is checked first: if any is bad (not a UUID, a time without a zone or in the future, a layer
+    of no campaign...) nothing is imported and the problems are listed with their line numbers (exit 2).
+    Importing the same rows again adds nothing.
+    """
+    from sender import cadence
+
+    cfg: config.Config = ctx.obj
+    declared = campaigns_named(cfg, None)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        result = run(cadence.import_history, conn, cfg.sender_schema, declared, csv_file, layer, campaign)
+    typer.echo(
+        f"{csv_file}: {result.read:,} rows read, {result.imported:,} imported, {result.already:,} already present"
+    )
+
+
+@cadence_app.command("check")
+def cadence_check_command(
+    ctx: typer.Context,
+    user_id: Annotated[str, typer.Argument(help="The user's id (a UUID).")],
+    layer: Annotated[int | None, typer.Option("--layer", help="Only the rules limiting pushes of this layer.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document instead of text.")] = False,
+) -> None:
+    """Whether a push of each layer may go to a user now, or from when; and why.
+
+    Lists the user's notifications inside each active rule's window (delivered, or reserved by a live run
+    not sent yet). A blocked layer is allowed again when the oldest notification keeping a rule at its
+    maximum leaves the window (a notification exactly window_hours old no longer counts).
+    """
+    from sender import cadence
+
+    run(cadence.parse_user_id, user_id)
+    cfg: config.Config = ctx.obj
+    declared = campaigns_named(cfg, None)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        report = run(cadence.check_user, conn, cfg.sender_schema, declared, user_id, layer)
+    typer.echo(cadence.render(report, as_json))
+
+
+@app.command("explain")
+def explain_command(
+    ctx: typer.Context,
+    user_id: Annotated[str, typer.Argument(help="The user (a UUID).")],
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign (name or old id).")] = None,
+    run_id: Annotated[
+        int | None,
+        typer.Option("--run", help="Explain this run's delivery (default: each campaign's latest live run)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Where a user stands in each campaign, and why, in plain words.
+
+    Audience: the campaign's decisions model (dbt), included in which step or excluded and why, with
+    the numbers. Delivery: the ledger, the user's messages in the run: sent (time, FCM message id),
+    failed and why, no token, invalid token, or capped by a cadence rule (which, until when).
+    """
+    from sender import explain  # here: the rest of this module does not need it
+
+    cfg: config.Config = ctx.obj
+    user = run(explain.parse_user_id, user_id)
+    chosen = campaigns_named(cfg, campaign)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        result = run(explain.explain, conn, cfg, chosen, [user], run_id)
+    typer.echo(explain.render(result[user], as_json))
+
+
 def _raise(message: str) -> None:
     raise UserError(message)
 

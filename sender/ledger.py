@@ -388,3 +388,49 @@ class Ledger:
         )
         with self.conn.cursor(row_factory=dict_row) as cur:
             yield from cur.execute(query, (run_id, step))
+
+    # --- cadence history and checks ---
+
+    def import_history(self, rows: Iterable[tuple]) -> int:
+        """Add past notifications, (user_id, layer, campaign or '', sent_at), in one transaction; returns how many
+        were new (the others were imported before). `rows` is streamed; if it raises, nothing is imported."""
+        with self.conn.transaction():
+            self.conn.execute(
+                "create temporary table history_import"
+                " (user_id uuid, layer integer, campaign text, sent_at timestamptz) on commit drop"
+            )
+            with self.conn.cursor() as cur, cur.copy("copy history_import from stdin") as copy_in:
+                for row in rows:
+                    copy_in.write_row(row)
+            return self.conn.execute(
+                self._q(
+                    "insert into {history} (user_id, layer, campaign, sent_at)"
+                    " select user_id, layer, campaign, sent_at from history_import on conflict do nothing",
+                    history="history",
+                )
+            ).rowcount
+
+    def cadence_window(self, rules: tuple[str, str], user_id: str, layer: int | None) -> list[dict]:
+        """The active rules (those applying to `layer` when given), each with the user's notifications it counts
+        now (`at` > now - window, as in _apply_caps): one row per rule and notification, oldest first; a rule
+        counting none has one row with `at` null. Layer lists come as int arrays; `now` is the database's."""
+        query = sql.SQL(
+            """
+            with rules as (
+                select name, window_hours, max_count,
+                    regexp_split_to_array(btrim(applies_to_layers::text), '[^0-9]+')::int[] as applies,
+                    regexp_split_to_array(btrim(counted_layers::text), '[^0-9]+')::int[] as counted
+                from {rules}
+                where active
+            )
+            select rules.*, now() as now, n.at, n.layer, n.campaign, n.step, n.run_id, n.delivered, n.fcm_message_id
+            from rules
+            left join {notifications} as n
+                on n.user_id = %(user_id)s::uuid and n.layer = any(rules.counted)
+                and n.at > now() - make_interval(hours => rules.window_hours)
+            where %(layer)s::int is null or %(layer)s::int = any(rules.applies)
+            order by rules.name, n.at, n.run_id
+            """
+        ).format(rules=sql.Identifier(*rules), notifications=self._t("notifications"))
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, {"user_id": user_id, "layer": layer}).fetchall()
