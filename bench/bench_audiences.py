@@ -304,7 +304,7 @@ def main() -> None:
     else:
         with Phase(results, "sample data") as entry:
             command = [str(BIN / "sender"), "sample-data", "--users", str(args.users), "--schema", args.source_schema]
-            command += ["--replace", "--as-of", args.as_of, "--seed", str(args.seed), "--test-users"]
+            command += ["--replace", "--cascade", "--as-of", args.as_of, "--seed", str(args.seed), "--test-users"]
             command += ["seeds/test_users.csv"]
             entry["command"] = " ".join(command[1:])
             entry["exit_code"] = run_command(command, env, args.results / "sample-data.log")

@@ -82,6 +82,7 @@ class Campaign:
     priority: int = 0  # higher wins when campaigns compete for a user within a cadence rule
     allowed_lateness_minutes: int = 30  # a live phase may start at most this long after the send time
     path: str = ""  # the YAML file declaring it, relative to the project
+    cadence_rules: tuple[str, str] | None = None  # (schema, table) of the cadence_rules seed; None: no caps
 
     @property
     def build_command(self) -> str:
@@ -463,6 +464,9 @@ def load_campaigns(config: Config, log: Callable[[str], None] | None = None) -> 
     shared = {
         "test_users": project.relation("seed", "test_users", "the campaigns' test users"),
         "device_tokens": project.relation("model", "stg_tradeblock__device_tokens", "the campaigns' device tokens"),
+        "cadence_rules": None
+        if project.node("seed", "cadence_rules") is None
+        else project.relation("seed", "cadence_rules", ""),
     }
     problems: list[str] = []
     campaigns: dict[str, Campaign] = {}

@@ -345,13 +345,15 @@ def print_result(result: send.RunResult) -> None:
         title += ", already completed earlier: nothing sent now"
     table = Table(title=title)
     done = {"test-dry-run": "validated", "live-dry-run": "would send"}.get(result.mode, "sent")
-    columns = ("step", "audience", "no token", done, "failed", "invalid tokens", "not rendered", "unknown")
+    columns = ("step", "audience", "cadence-skipped", "no token", done, "failed", "invalid tokens", "not rendered",
+               "unknown")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "step" else "right")
     for s in result.steps:
         sent = f"{s.sent:,} ({s.queued:,} queued)" if s.queued else f"{s.sent:,}"
-        table.add_row(s.step, f"{s.audience:,}", f"{s.no_token:,}", sent, f"{s.failed:,}", f"{s.invalid_tokens:,}",
-                      f"{s.render_errors:,}", f"{s.unknown:,}")  # fmt: skip
+        counts = (s.audience, s.cadence_skipped, s.no_token, sent, s.failed, s.invalid_tokens, s.render_errors,
+                  s.unknown)  # fmt: skip
+        table.add_row(s.step, *(f"{n:,}" if isinstance(n, int) else n for n in counts))
     console.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

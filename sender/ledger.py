@@ -9,6 +9,14 @@ deliveries      one row per (run, step, user, token), the unit of "exactly one a
                 sent / validated (dry-run accepted by FCM) / dry_run (live-dry-run: no FCM call)
                 failed / invalid_token / no_token / render_error
 invalid_tokens  tokens FCM reported as unregistered or invalid, and malformed source tokens: never sent to again
+history         notifications sent before this ledger existed, imported from CSV (user, layer, campaign, time)
+notifications   (view) what cadence rules count: one row per user and live step (however many tokens), from
+                the ledger (sent, pending, or queued: a reservation) and the imported history
+
+Cadence (DELIVERY.md, "Cadence"): a live step's users are checked against the rules while the step is
+planned, under an exclusive advisory lock that claims take shared, so a check and its record are
+atomic: two senders never both pass a cap for one user, and a reservation cannot be claimed while a
+higher-priority campaign is taking its slot.
 """
 
 from __future__ import annotations
@@ -80,7 +88,48 @@ MIGRATIONS = [
     );
     insert into {schema}.run_steps (run_id, step) select distinct run_id, step from {schema}.deliveries;
     """,
+    """
+    alter table {schema}.runs add column priority integer not null default 0, add column warnings text[];
+    alter table {schema}.deliveries drop constraint deliveries_status_check;
+    alter table {schema}.deliveries add constraint deliveries_status_check check (status in (
+        'queued', 'pending', 'sent', 'validated', 'dry_run', 'failed', 'invalid_token', 'no_token',
+        'render_error', 'cadence_skipped'));
+    alter table {schema}.deliveries add column cadence_rules text[], add column cadence_winner text;
+    create index on {schema}.deliveries (user_id, updated_at);
+    create table {schema}.history (
+        user_id     uuid not null,
+        layer       integer not null,
+        campaign    text not null default '',
+        sent_at     timestamptz not null,
+        imported_at timestamptz not null default now(),
+        primary key (user_id, layer, campaign, sent_at)
+    );
+    create view {schema}.notifications as
+    select d.user_id, r.layer, r.campaign, d.step, d.run_id, r.priority,
+        max(d.updated_at) as at,
+        bool_or(d.status in ('sent', 'pending')) as delivered,
+        max(d.fcm_message_id) as fcm_message_id
+    from {schema}.deliveries as d
+    inner join {schema}.runs as r using (run_id)
+    where r.mode = 'live' and d.status in ('queued', 'pending', 'sent')
+    group by d.user_id, r.layer, r.campaign, d.step, d.run_id, r.priority
+    union all
+    select user_id, layer, nullif(campaign, ''), null, null, null, sent_at, true, null
+    from {schema}.history;
+    """,
 ]
+CADENCE_LOCK = 0x43415053  # 'CAPS': second key of the advisory lock that serialises cadence checks
+
+
+@dataclass(frozen=True)
+class Caps:
+    """How a live step is checked against the cadence rules while it is planned."""
+
+    rules: tuple[str, str]  # (schema, table) of the cadence_rules seed
+    layer: int
+    priority: int
+    campaign: str
+    reserve: bool  # live: take slots from lower-priority reservations; live-dry-run: only look
 
 
 @dataclass(frozen=True)
@@ -108,6 +157,7 @@ class Counts:
     render_errors: int = 0
     unknown: int = 0
     queued: int = 0
+    cadence_skipped: int = 0
 
 
 def try_lock_campaign(conn: psycopg.Connection, campaign: str) -> bool:
@@ -148,7 +198,7 @@ class Ledger:
 
     # --- runs ---------------------------------------------------------------------------------------
 
-    def start_run(self, campaign: str, layer: int, mode: str, run_key: str) -> Run:
+    def start_run(self, campaign: str, layer: int, mode: str, run_key: str, priority: int = 0) -> Run:
         """The run with this key (its status as found), now marked running by this process; or a new one."""
         me = (socket.gethostname(), os.getpid())
         found = self.conn.execute(
@@ -158,31 +208,33 @@ class Ledger:
         if found:
             self.conn.execute(
                 self._q(
-                    "update {runs} set host = %s, pid = %s, heartbeat_at = now(), error = null,"
+                    "update {runs} set host = %s, pid = %s, heartbeat_at = now(), error = null, priority = %s,"
                     " status = case when status = 'succeeded' then status else 'running' end where run_id = %s",
                     runs="runs",
                 ),
-                (*me, found[0]),
+                (*me, priority, found[0]),
             )
             return Run(*found)
         row = self.conn.execute(
             self._q(
-                "insert into {runs} (campaign, layer, mode, run_key, host, pid, heartbeat_at)"
-                " values (%s, %s, %s, %s, %s, %s, now()) returning run_id",
+                "insert into {runs} (campaign, layer, mode, run_key, host, pid, heartbeat_at, priority)"
+                " values (%s, %s, %s, %s, %s, %s, now(), %s) returning run_id",
                 runs="runs",
             ),
-            (campaign, layer, mode, run_key, *me),
+            (campaign, layer, mode, run_key, *me, priority),
         ).fetchone()
         return Run(row[0], "new")
 
-    def finish_run(self, run_id: int, status: str, summary: list[dict] | None, error: str | None = None) -> None:
+    def finish_run(
+        self, run_id: int, status: str, summary: list[dict] | None, error: str | None = None, warnings=None
+    ) -> None:
         self.conn.execute(
             self._q(
-                "update {runs} set status = %s, finished_at = now(), summary = coalesce(%s, summary), error = %s"
-                " where run_id = %s",
+                "update {runs} set status = %s, finished_at = now(), summary = coalesce(%s, summary), error = %s,"
+                " warnings = coalesce(%s, warnings) where run_id = %s",
                 runs="runs",
             ),
-            (status, json.dumps(summary) if summary is not None else None, error, run_id),
+            (status, json.dumps(summary) if summary is not None else None, error, warnings or None, run_id),
         )
 
     # --- planning -----------------------------------------------------------------------------------
@@ -197,6 +249,7 @@ class Ledger:
         step: str,
         rendered: Iterable[Iterable[tuple[str, str, str, str, str | None]]],
         device_tokens: tuple[str, str],
+        caps: Caps | None = None,
     ) -> None:
         """Write a step's rows, in one transaction: one per (user, token) of the rendered audience.
 
@@ -204,6 +257,7 @@ class Ledger:
         read from this same connection (a server-side cursor inside this transaction). Tokens come
         from `device_tokens` (schema, view) now, minus those known invalid; a malformed token (empty,
         whitespace, control characters, over MAX_TOKEN_LENGTH) is settled invalid_token and recorded.
+        With `caps`, users whom a cadence rule blocks get one row `cadence_skipped` naming the rules.
         """
         with self.conn.transaction():
             self.conn.execute(
@@ -226,7 +280,8 @@ class Ledger:
                             else 'queued'
                         end as status,
                         rendered.title, rendered.body, rendered.data,
-                        coalesce(rendered.error, tokens.malformed) as error
+                        coalesce(rendered.error, tokens.malformed) as error,
+                        null::text[] as cadence_rules
                     from rendered
                     left join lateral (
                         select distinct
@@ -251,11 +306,13 @@ class Ledger:
                 ).format(device_tokens=sql.Identifier(*device_tokens), invalid_tokens=self._t("invalid_tokens")),
                 {"max_length": MAX_TOKEN_LENGTH},
             )
+            if caps:
+                self._apply_caps(caps)
             self.conn.execute(
                 self._q(
-                    "insert into {deliveries} (run_id, step, user_id, token, status, title, body, data, error)"
-                    " select %(run_id)s, %(step)s, user_id, token, status, title, body, data, error from planned"
-                    " on conflict do nothing",
+                    "insert into {deliveries} (run_id, step, user_id, token, status, title, body, data, error,"
+                    " cadence_rules) select %(run_id)s, %(step)s, user_id, token, status, title, body, data, error,"
+                    " cadence_rules from planned on conflict do nothing",
                     deliveries="deliveries",
                 ),
                 {"run_id": run_id, "step": step},
@@ -271,6 +328,117 @@ class Ledger:
             )
             self.conn.execute(self._q("insert into {s} (run_id, step) values (%s, %s)", s="run_steps"), (run_id, step))
 
+    def _apply_caps(self, caps: Caps) -> None:
+        """Check the `planned` users against the rules, inside the planning transaction (DELIVERY.md, "Cadence").
+
+        Per user and rule, the notifications inside the rule's rolling window (`at` > now - window) are
+        firm (sent, of unknown outcome, imported, or reserved by a campaign of equal or higher priority)
+        or soft (reserved by a lower-priority campaign, not sent yet). A user whose firm count reaches a
+        rule's maximum is skipped, naming every such rule. Otherwise, where firm + soft reaches it, the
+        lowest-priority reservations give their slot up (their rows become cadence_skipped, naming the
+        rule and this campaign) when `caps.reserve`.
+        """
+        execute = self.conn.execute
+        execute("select pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, CADENCE_LOCK))
+        execute(
+            sql.SQL(
+                """
+                create temporary table rules on commit drop as
+                select name, regexp_split_to_array(btrim(counted_layers::text), '[^0-9]+')::int[] as counted,
+                    window_hours, max_count
+                from {rules}
+                where active and %s = any(regexp_split_to_array(btrim(applies_to_layers::text), '[^0-9]+')::int[])
+                """
+            ).format(rules=sql.Identifier(*caps.rules)),
+            (caps.layer,),
+        )
+        execute(
+            self._q(
+                """
+                create temporary table cadence_events on commit drop as
+                select n.user_id, n.layer, n.run_id, n.step, n.at, n.priority,
+                    n.delivered or n.priority is null or n.priority >= %(priority)s as firm
+                from {notifications} as n
+                where n.user_id in (select user_id from planned where status = 'queued')
+                    and n.at > now() - make_interval(hours => (select max(window_hours) from rules))
+                """,
+                notifications="notifications",
+            ),
+            {"priority": caps.priority},
+        )
+        execute(
+            """
+            create temporary table cadence_checks on commit drop as
+            select users.user_id, rules.name, rules.max_count, rules.counted, rules.window_hours,
+                count(e.user_id) filter (where e.firm) as firm,
+                count(e.user_id) filter (where not e.firm) as soft
+            from (select distinct user_id from planned where status = 'queued') as users
+            cross join rules
+            left join cadence_events as e
+                on e.user_id = users.user_id and e.layer = any(rules.counted)
+                and e.at > now() - make_interval(hours => rules.window_hours)
+            group by users.user_id, rules.name, rules.max_count, rules.counted, rules.window_hours
+            """
+        )
+        execute(
+            """
+            create temporary table cadence_blocked on commit drop as
+            select user_id, array_agg(name order by name) as rules
+            from cadence_checks where firm >= max_count group by user_id
+            """
+        )
+        if caps.reserve:
+            execute(
+                self._q(
+                    """
+                    with needs as (
+                        select c.user_id, c.name, c.counted, c.window_hours, c.firm + c.soft - c.max_count + 1 as need
+                        from cadence_checks as c
+                        where c.firm + c.soft >= c.max_count
+                            and not exists (select from cadence_blocked as b where b.user_id = c.user_id)
+                    ),
+                    ranked as (
+                        select n.name, e.run_id, e.step, e.user_id, n.need,
+                            row_number() over (
+                                partition by n.user_id, n.name order by e.priority, e.at desc, e.run_id
+                            ) as k
+                        from needs as n
+                        inner join cadence_events as e
+                            on e.user_id = n.user_id and not e.firm and e.layer = any(n.counted)
+                            and e.at > now() - make_interval(hours => n.window_hours)
+                    ),
+                    given_up as (
+                        select run_id, step, user_id, array_agg(distinct name) as rules
+                        from ranked where k <= need group by run_id, step, user_id
+                    )
+                    update {deliveries} as d
+                    set status = 'cadence_skipped', cadence_rules = g.rules, cadence_winner = %s, updated_at = now()
+                    from given_up as g
+                    where d.run_id = g.run_id and d.step = g.step and d.user_id = g.user_id and d.status = 'queued'
+                    """,
+                    deliveries="deliveries",
+                ),
+                (caps.campaign,),
+            )
+        execute(
+            """
+            with skipped as (
+                delete from planned using cadence_blocked as b
+                where planned.user_id = b.user_id and planned.status = 'queued'
+                returning planned.user_id, planned.title, planned.body, planned.data, b.rules
+            )
+            insert into planned (user_id, token, status, title, body, data, cadence_rules)
+            select distinct on (user_id) user_id, '', 'cadence_skipped', title, body, data, rules from skipped
+            """
+        )
+
+    def cadence_rule_count(self, rules: tuple[str, str]) -> int | None:
+        """How many active rules the seed table holds; None when it does not exist (fail open, loudly)."""
+        if self.conn.execute("select to_regclass(%s)", (sql.Identifier(*rules).as_string(self.conn),)).fetchone()[0]:
+            query = sql.SQL("select count(*) from {} where active").format(sql.Identifier(*rules))
+            return self.conn.execute(query).fetchone()[0]
+        return None
+
     # --- delivering ---------------------------------------------------------------------------------
 
     def count_queued(self, run_id: int, step: str) -> int:
@@ -280,8 +448,16 @@ class Ledger:
         return self.conn.execute(query, (run_id, step)).fetchone()[0]
 
     def claim(self, run_id: int, step: str, size: int) -> list[Claimed]:
-        """Mark the next batch pending (durably, before it is handed to FCM) and return it."""
-        rows = self.conn.execute(
+        """Mark the next batch pending (durably, before it is handed to FCM) and return it.
+
+        Shares the cadence lock, so no reservation is claimed while a planner may be taking its slot."""
+        with self.conn.transaction():
+            self.conn.execute("select pg_advisory_xact_lock_shared(%s, %s)", (LOCK_CLASS, CADENCE_LOCK))
+            rows = self._claim(run_id, step, size)
+        return [Claimed(str(r[0]), r[1], r[2], r[3], r[4] or {}) for r in rows]
+
+    def _claim(self, run_id: int, step: str, size: int) -> list[tuple]:
+        return self.conn.execute(
             self._q(
                 """
                 update {d} set status = 'pending', updated_at = now()
@@ -298,7 +474,6 @@ class Ledger:
             (run_id, step, size),
             prepare=False,  # a prepared (generic) plan scans the step's whole ledger: 70 ms instead of 11 ms
         ).fetchall()
-        return [Claimed(str(r[0]), r[1], r[2], r[3], r[4] or {}) for r in rows]
 
     def settle(self, run_id: int, step: str, outcomes: list[tuple[str, str, str, str | None, str | None]]) -> None:
         """Record (user_id, token, status, message id, error) of pending rows, and the tokens FCM
@@ -358,7 +533,8 @@ class Ledger:
                     count(*) filter (where status = 'invalid_token'),
                     count(distinct user_id) filter (where status = 'render_error'),
                     count(*) filter (where status = 'pending'),
-                    count(*) filter (where status = 'queued')
+                    count(*) filter (where status = 'queued'),
+                    count(distinct user_id) filter (where status = 'cadence_skipped')
                 from {d} where run_id = %s and step = %s
                 """,
                 d="deliveries",
@@ -379,9 +555,14 @@ class Ledger:
         """One message per outcome: a sample of what was rendered, sent or refused."""
         query = self._q(
             """
-            select distinct on (status) user_id::text as user_id, status, title, body, data, error from {d}
+            select distinct on (status) user_id::text as user_id, status, title, body, data,
+                coalesce(error, 'cadence: ' || array_to_string(cadence_rules, ', ')
+                    || coalesce(' (slot taken by ' || cadence_winner || ')', '')) as error
+            from {d}
             where run_id = %s and step = %s
-                and status in ('sent', 'validated', 'dry_run', 'failed', 'render_error', 'invalid_token')
+                and status in (
+                    'sent', 'validated', 'dry_run', 'failed', 'render_error', 'invalid_token', 'cadence_skipped'
+                )
             order by status, user_id
             """,
             d="deliveries",

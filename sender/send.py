@@ -37,7 +37,7 @@ from sender.campaigns import Campaign, Step, find_step
 from sender.config import Config
 from sender.errors import ExitCode, UserError
 from sender.interrupts import Interrupted, Stop
-from sender.ledger import Ledger, try_lock_campaign
+from sender.ledger import Caps, Ledger, try_lock_campaign
 from sender.render import Copy, Rendered, TemplateError, compile_copy
 
 MODES = ("test-dry-run", "test-live", "live-dry-run", "live")
@@ -91,6 +91,7 @@ class StepSummary:
     render_errors: int = 0
     unknown: int = 0
     queued: int = 0
+    cadence_skipped: int = 0
     unknown_messages: list[tuple[str, str]] = field(default_factory=list)  # (user_id, token) left pending
     examples: list[dict] = field(default_factory=list)  # a few rendered messages and errors
 
@@ -143,6 +144,7 @@ class _Sending:
     progress: Callable[[str, int], Callable[[int], None]]
     log: Callable[[str], None]
     checked_fcm: bool = False
+    caps: Caps | None = None
 
 
 def send_campaign(
@@ -183,10 +185,14 @@ def send_campaign(
                 )
 
     run_key = options.run_key or default_run_key(campaign, options.mode, now)
-    run = ledger.start_run(campaign.name, campaign.layer, options.mode, run_key)
+    run = ledger.start_run(campaign.name, campaign.layer, options.mode, run_key, campaign.priority)
     result = RunResult(run.run_id, campaign.name, options.mode, run_key, run.status, [], [], run.status != "new")
     log(f"run {run.run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
     sending = _Sending(ledger, run.run_id, options, fcm_settings(config), stop or Stop(), progress, log)
+    if not test:
+        sending.caps = _caps(ledger, campaign, options.mode == "live", result.warnings)
+        if sending.caps is None:
+            log(f"WARNING: {result.warnings[-1]}")
     try:
         _send_steps(sending, campaign, steps, plans, result)
     except Interrupted as exc:
@@ -212,7 +218,7 @@ def _send_steps(sending: _Sending, campaign: Campaign, steps: list[Step], plans:
                 log(f"run {run_id}: waiting {step.delay_minutes:g} min before step {step.name}")
                 time.sleep(step.delay_minutes * 60)
             query, copy = plans[step.name]
-            invalid = _plan(ledger, run_id, campaign, step, query, copy)
+            invalid = _plan(ledger, run_id, campaign, step, query, copy, sending.caps)
             if invalid:
                 result.warnings.append(f"step {step.name}: dropped {invalid} rows whose user_id is not a valid UUID")
         _deliver(sending, step.name)
@@ -220,7 +226,23 @@ def _send_steps(sending: _Sending, campaign: Campaign, steps: list[Step], plans:
     # every step was complete before this invocation: nothing was sent now
     result.already_done = result.status == "succeeded" and set(names) <= planned_before
     result.status = "succeeded" if all(s.finished for s in result.steps) else "failed"
-    ledger.finish_run(run_id, result.status, [_counts(s) for s in result.steps])
+    ledger.finish_run(run_id, result.status, [_counts(s) for s in result.steps], warnings=result.warnings)
+
+
+def _caps(ledger: Ledger, campaign: Campaign, reserve: bool, warnings: list[str]) -> Caps | None:
+    """The cadence rules to apply; None, with a loud warning, when there are none (fail open)."""
+    rules = campaign.cadence_rules
+    count = ledger.cadence_rule_count(rules) if rules else None
+    if count:
+        return Caps(rules, campaign.layer, campaign.priority, campaign.name, reserve)
+    why = "the dbt project has no cadence_rules seed" if rules is None else None
+    why = why or (
+        f"{'.'.join(rules)} does not exist (run `dbt seed`)"
+        if count is None
+        else f"{'.'.join(rules)} has no active rule"
+    )
+    warnings.append(f"NO FREQUENCY CAPS: {why}; sending without cadence limits")
+    return None
 
 
 def _record_end(ledger: Ledger, run_id: int, status: str, error: str) -> None:
@@ -278,7 +300,9 @@ def _audience_size(conn: psycopg.Connection, step: Step) -> int:
     ]
 
 
-def _plan(ledger: Ledger, run_id: int, campaign: Campaign, step: Step, query: sql.Composable, copy: Copy) -> int:
+def _plan(
+    ledger: Ledger, run_id: int, campaign: Campaign, step: Step, query: sql.Composable, copy: Copy, caps: Caps | None
+) -> int:
     """Write the step's ledger rows; returns how many audience rows had a user_id that is not a UUID."""
     invalid = 0
 
@@ -292,7 +316,7 @@ def _plan(ledger: Ledger, run_id: int, campaign: Campaign, step: Step, query: sq
                 if user_id is not None
             ]
 
-    ledger.plan_step(run_id, step.name, rows(), campaign.device_tokens)
+    ledger.plan_step(run_id, step.name, rows(), campaign.device_tokens, caps)
     return invalid
 
 

@@ -67,7 +67,8 @@ ALEX, SAM, JORDAN = (  # seeds/test_users.csv
 )
 TEST_TOKENS = {ALEX: ("qa-alex-phone", "qa-alex-tablet"), SAM: ("qa-sam-phone",)}  # Jordan has no token
 ALL_TEST_TOKENS = {t for tokens in TEST_TOKENS.values() for t in tokens}
-SUMMARY_COLUMNS = ("step", "audience", "no token", "sent", "failed", "invalid tokens", "not rendered", "unknown")
+SUMMARY_COLUMNS = ("step", "audience", "cadence-skipped", "no token", "sent", "failed", "invalid tokens",
+                   "not rendered", "unknown")  # fmt: skip
 UNKNOWN_LINE = re.compile(r"unknown\t(\d+)\t([^\t]+)\t([^\t]+)\t([^\t]*)")
 _schemas = itertools.count()
 
@@ -125,6 +126,8 @@ class Sender:
             runs=sql.Identifier(self.schema, "runs"),
             deliveries=sql.Identifier(self.schema, "deliveries"),
             invalid_tokens=sql.Identifier(self.schema, "invalid_tokens"),
+            history=sql.Identifier(self.schema, "history"),
+            notifications=sql.Identifier(self.schema, "notifications"),
         )
         with self.db.cursor(row_factory=dict_row) as cur:
             cur.execute(text, params)
@@ -132,8 +135,9 @@ class Sender:
 
     def deliveries(self, run_key: str) -> list[dict]:
         return self.query(
-            "select r.run_id, d.step, d.user_id::text as user_id, d.token, d.status, d.title, d.body, d.data,"
-            " d.fcm_message_id, d.error from {deliveries} d join {runs} r using (run_id) where r.run_key = %s"
+            "select r.run_id, r.campaign, d.step, d.user_id::text as user_id, d.token, d.status, d.title, d.body,"
+            " d.data, d.fcm_message_id, d.error, d.cadence_rules, d.cadence_winner"
+            " from {deliveries} d join {runs} r using (run_id) where r.run_key = %s"
             " order by d.step, d.user_id, d.token",
             run_key,
         )

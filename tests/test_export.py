@@ -226,11 +226,13 @@ def test_models_not_built(built, tmp_path):
     assert "does not exist" in result.stderr and "dbt" in result.stderr
 
 
-def test_no_manifest(built, tmp_path):
-    env = {**built, "DBT_TARGET_PATH": str(tmp_path / "nothing-here")}
-    result = export(env, tmp_path / "out", "layer2-trending")
-    assert result.returncode == 2
-    assert "no dbt manifest" in result.stderr
+def test_no_manifest_is_parsed_first(built, tmp_path):
+    """No manifest yet: the sender parses the project (it never acts on declarations older than the files)."""
+    target = tmp_path / "nothing-here"
+    result = export({**built, "DBT_TARGET_PATH": str(target)}, tmp_path / "out", "layer2-trending")
+    assert result.returncode == 0, result.stderr
+    assert (target / "manifest.json").exists() and "parsed" in result.stderr
+    assert len(list((tmp_path / "out").glob("*.csv"))) == 4
 
 
 # --- temporary files, concurrent exports, signals, full disks -----------------------------------------
