@@ -44,7 +44,8 @@ PATH_SETTINGS = {
 PROJECT_FILES = ("dbt_project.yml", "profiles.yml", "packages.yml", "dependencies.yml", "selectors.yml")
 CAMPAIGN_FIELDS = {
     "campaign", "aliases", "layer", "active", "priority", "send_time", "timezone", "lead_minutes",
-    "allowed_lateness_minutes", "file_name", "test_file_name", "write_empty_files", "test_placeholders", "steps",
+    "allowed_lateness_minutes", "cancel_window_minutes", "test_file_retention_days", "file_name", "test_file_name",
+    "write_empty_files", "test_placeholders", "steps",
 }  # fmt: skip
 STEP_FIELDS = {"name", "model", "file_prefix", "title", "body", "data", "delay_minutes", "test_placeholders"}
 
@@ -81,6 +82,8 @@ class Campaign:
     device_tokens: tuple[str, str]  # (schema, view) of stg_tradeblock__device_tokens
     priority: int = 0  # higher wins when campaigns compete for a user within a cadence rule
     allowed_lateness_minutes: int = 30  # a live phase may start at most this long after the send time
+    cancel_window_minutes: int = 25  # test pushes at send time - this; the run can be cancelled until send time
+    test_file_retention_days: int = 7  # a run's cleanup removes test files older than this
     path: str = ""  # the YAML file declaring it, relative to the project
     cadence_rules: tuple[str, str] | None = None  # (schema, table) of the cadence_rules seed; None: no caps
 
@@ -268,6 +271,8 @@ TEXT = ("a string", lambda v: isinstance(v, str))
 BOOLEAN = ("true or false", lambda v: isinstance(v, bool))
 INTEGER = ("an integer", _integer)
 MINUTES = ("a whole number of minutes >= 0", lambda v: _integer(v) and v >= 0)
+DAYS = ("a whole number of days >= 0", lambda v: _integer(v) and v >= 0)
+MAX_LEAD_AND_LATENESS = 720  # minutes: a run started at send time - lead must find its own send time
 DELAY = ("a number of minutes >= 0", lambda v: _number(v) and v >= 0)
 CLOCK = (
     'a time "HH:MM" in quotes (unquoted, YAML reads 13:05 as a number)',
@@ -430,10 +435,25 @@ def _campaign(project: _Project, exposure: dict, meta: dict, shared: dict, probl
         "timezone": d.get(meta, "timezone", ZONE),
         "lead_minutes": d.get(meta, "lead_minutes", MINUTES, 30),
         "allowed_lateness_minutes": d.get(meta, "allowed_lateness_minutes", MINUTES, 30),
+        "cancel_window_minutes": d.get(meta, "cancel_window_minutes", MINUTES, 25),
+        "test_file_retention_days": d.get(meta, "test_file_retention_days", DAYS, 7),
         "file_name": d.get(meta, "file_name", FILE_PATTERN),
         "test_file_name": d.get(meta, "test_file_name", FILE_PATTERN),
         "write_empty_files": d.get(meta, "write_empty_files", BOOLEAN, True),
     }
+    lead, window, lateness = (values[k] for k in ("lead_minutes", "cancel_window_minutes", "allowed_lateness_minutes"))
+    if None not in (lead, window) and window > lead:
+        d.problem(
+            "cancel_window_minutes",
+            f"must be at most lead_minutes ({lead}), not {window}: the test pushes (send time - window) "
+            "cannot go out before the run starts (send time - lead)",
+        )
+    if None not in (lead, lateness) and lead + lateness > MAX_LEAD_AND_LATENESS:
+        d.problem(
+            "lead_minutes",
+            f"lead_minutes + allowed_lateness_minutes must be at most {MAX_LEAD_AND_LATENESS} (12 hours), not "
+            f"{lead + lateness}: a run started at send time - lead would take the previous day's send time",
+        )
     if values["file_name"] and values["file_name"] == values["test_file_name"]:
         d.problem("test_file_name", "must differ from file_name (test files would replace production files)")
     placeholders = d.get(meta, "test_placeholders", PLACEHOLDERS, {}) or {}

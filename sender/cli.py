@@ -545,6 +545,27 @@ def explain_command(
     typer.echo(explain.render(result[user], as_json))
 
 
+@app.command("schedule")
+def schedule_command(
+    ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", help="crontab (with CRON_TZ) or systemd (.service and .timer).")] = (
+        "crontab"
+    ),
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign (name or old id).")] = None,
+) -> None:
+    """Print the scheduler lines that start each active campaign's run at send time - lead time.
+
+    One `sender run CAMPAIGN` per active campaign, in its time zone, with this sender's executable and
+    settings, run in the project folder. Inactive campaigns get no line (a comment says so). Firing a run
+    twice is safe (README, "Scheduling").
+    """
+    from sender import schedule  # here: the rest of this module does not need it
+
+    cfg: config.Config = ctx.obj
+    chosen = campaigns_named(cfg, campaign)
+    typer.echo(run(schedule.render, chosen, fmt, cfg.project_dir, schedule.sender_command(cfg)), nl=False)
+
+
 def _raise(message: str) -> None:
     raise UserError(message)
 
