@@ -615,3 +615,58 @@ class Ledger:
         ).format(rules=sql.Identifier(*rules), notifications=self._t("notifications"))
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(query, {"user_id": user_id, "layer": layer}).fetchall()
+
+    # --- explanations ---
+
+    def _rows(self, query: sql.Composable, params) -> list[dict]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, params).fetchall()
+
+    def exists(self) -> bool:
+        """Whether the ledger was created (a sender ran against this schema)."""
+        return self.conn.execute("select to_regclass(%s)", (self._t("runs").as_string(self.conn),)).fetchone()[0]
+
+    def find_run(self, run_id: int | None = None, campaign: str | None = None) -> dict | None:
+        """Run `run_id`; without it, the latest live run of `campaign`. None when there is none."""
+        query = self._q(
+            "select run_id, campaign, layer, mode, run_key, status, started_at, finished_at, error from {runs}"
+            " where run_id = %(run_id)s or (%(run_id)s::bigint is null and campaign = %(campaign)s and mode = 'live')"
+            " order by started_at desc, run_id desc limit 1",
+            runs="runs",
+        )
+        rows = self._rows(query, {"run_id": run_id, "campaign": campaign})
+        return rows[0] if rows else None
+
+    def user_messages(self, run_id: int, user_ids: list[str]) -> list[dict]:
+        """The run's rows of these users, with when and why the sender marked their token invalid, if it did."""
+        query = self._q(
+            """
+            select d.user_id::text as user_id, d.step, d.token, d.status, d.error, d.fcm_message_id, d.updated_at,
+                d.cadence_rules, d.cadence_winner, i.reason as invalid_reason, i.marked_at as invalid_since
+            from {d} as d
+            left join {i} as i on d.token <> '' and i.token = d.token
+            where d.run_id = %s and d.user_id = any(%s::uuid[])
+            order by d.user_id, d.step, d.token
+            """,
+            d="deliveries",
+            i="invalid_tokens",
+        )
+        return self._rows(query, (run_id, user_ids))
+
+    def invalid_tokens_of(self, user_ids: list[str], device_tokens: tuple[str, str]) -> list[dict]:
+        """These users' tokens in the app's table (`device_tokens`) that the sender marked invalid."""
+        query = sql.SQL(
+            "select t.user_id::text as user_id, i.token, i.reason, i.marked_at, i.run_id"
+            " from {tokens} as t inner join {i} as i on i.token = t.token"
+            " where t.user_id = any(%s::uuid[]) order by t.user_id, i.marked_at"
+        ).format(tokens=sql.Identifier(*device_tokens), i=self._t("invalid_tokens"))
+        return self._rows(query, (user_ids,))
+
+    def notifications_since(self, user_ids: list[str], since) -> list[dict]:
+        """These users' notifications (what the cadence rules count) after `since`, newest first."""
+        query = self._q(
+            "select user_id::text as user_id, layer, campaign, step, run_id, at, delivered from {n}"
+            " where user_id = any(%s::uuid[]) and at > %s order by user_id, at desc, run_id",
+            n="notifications",
+        )
+        return self._rows(query, (user_ids, since))
