@@ -99,18 +99,11 @@ class Campaign:
 # --- a manifest no older than the project ---------------------------------------------------------------------
 
 
-def _profiles_dir(config: Config) -> Path | None:
-    """Where dbt finds profiles.yml: --profiles-dir / DBT_PROFILES_DIR, else the project, else dbt's default (None)."""
-    if config.profiles_dir:
-        return config.profiles_dir
-    return config.project_dir if (config.project_dir / "profiles.yml").is_file() else None
-
-
 def _watched(config: Config) -> Iterator[Path]:
     """The files dbt parses, and the folders holding them (a folder changes when a file is added or removed)."""
     project_dir = config.project_dir
     yield from (project_dir / name for name in PROJECT_FILES)
-    yield (_profiles_dir(config) or Path.home() / ".dbt") / "profiles.yml"  # the schemas depend on the profile
+    yield (config.profiles_dir or Path.home() / ".dbt") / "profiles.yml"  # the schemas depend on the profile
     try:
         settings = yaml.safe_load((project_dir / "dbt_project.yml").read_text())
     except (OSError, yaml.YAMLError):
@@ -189,7 +182,7 @@ def _parse(config: Config, lock: Path | None, newest: int) -> None:
         time.sleep(0.001)
     args = ["parse", "--project-dir", str(config.project_dir), "--target-path", str(config.target_path)]
     args += ["--quiet", "--log-level", "none", "--no-send-anonymous-usage-stats", "--write-json"]
-    profiles_dir = _profiles_dir(config)
+    profiles_dir = config.profiles_dir
     if profiles_dir:
         args += ["--profiles-dir", str(profiles_dir)]
     result = dbtRunner().invoke(args)

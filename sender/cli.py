@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -225,6 +225,7 @@ def export_command(
     ] = None,
     all_campaigns: Annotated[bool, typer.Option("--all", help="Export every campaign.")] = False,
     out: Annotated[Path, typer.Option("--out", help="Folder for the CSV files.")] = Path("exports"),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of lines.")] = False,
 ) -> None:
     """Write a campaign's audience CSVs (production and test twins) from the built dbt models.
 
@@ -237,6 +238,19 @@ def export_command(
     chosen = campaigns_named(ctx.obj, campaign)
     with run(database.connect, False, ctx.obj.embedded_db_dir) as conn:
         files = run(export.export_campaigns, conn, chosen, out)
+    skipped = [
+        f"{c.name}/{s.name}"
+        for c in chosen
+        for s in c.steps
+        if not any((f.campaign, f.step) == (c.name, s.name) for f in files)
+    ]
+    if as_json:
+        import json
+
+        found = [{"campaign": f.campaign, "step": f.step, "test": f.test, "path": str(f.path), "rows": f.rows}
+                 for f in files]  # fmt: skip
+        typer.echo(json.dumps({"out": str(out), "files": found, "empty_not_written": skipped}))
+        return
     table = Table(title=f"exported to {out}")
     for column in ("campaign", "step", "file", "rows"):
         table.add_column(column, justify="right" if column == "rows" else "left")
@@ -244,12 +258,6 @@ def export_command(
         table.add_row(file.campaign, file.step, str(file.path), f"{file.rows:,}")
         typer.echo(f"{file.path}\t{file.rows}")
     console.print(table)
-    skipped = [
-        f"{c.name}/{s.name}"
-        for c in chosen
-        for s in c.steps
-        if not any((f.campaign, f.step) == (c.name, s.name) for f in files)
-    ]
     if skipped:
         console.print(f"empty, no file written: {', '.join(skipped)}", highlight=False)
 
@@ -376,6 +384,67 @@ def print_result(result: send.RunResult) -> None:
             )
             for user_id, token in s.unknown_messages:
                 typer.echo(f"unknown\t{result.run_id}\t{s.step}\t{user_id}\t{token}")
+
+
+@app.command("run")
+def run_command(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name (e.g. layer3-behavior) or old script id.")],
+    send_at: Annotated[
+        str | None,
+        typer.Option(
+            "--send-at",
+            help="The scheduled send time: HH:MM in the campaign's time zone, or ISO. Default: the campaign's "
+            "next send time (or the run a dead process left unfinished).",
+        ),
+    ] = None,
+    rehearse: Annotated[
+        bool,
+        typer.Option("--rehearse", help="The whole timeline with test users in both phases, waits compressed."),
+    ] = False,
+    build: Annotated[
+        bool, typer.Option("--build/--no-build", help="Run `dbt build --select +exposure:<campaign>` first.")
+    ] = True,
+    dbt_vars: Annotated[
+        str | None, typer.Option("--dbt-vars", help="dbt --vars for the build and the freshness check (YAML).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CSV files.")] = Path("exports"),
+    max_audience: Annotated[int, typer.Option("--max-audience", help="Largest live step allowed.")] = 10_000,
+    allow_large: Annotated[bool, typer.Option("--allow-large", help="Send live steps over --max-audience.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Sending processes.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=500, help="Messages per FCM batch.")] = 250,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    now: Annotated[
+        str | None, typer.Option("--now", hidden=True, help="Pretend the run starts at this ISO time.")
+    ] = None,
+) -> None:
+    """Run a campaign's day: build, freshness gate, export, test send, cancellation window until the send
+    time, live send, cleanup. Safe to fire twice: the same (campaign, send time) never sends twice; a run
+    whose process died is resumed from its phase. `sender cancel`, `sender pause` stop it.
+
+    Exit codes: 0 succeeded, cancelled, already finished or not started (paused/inactive campaign);
+    4 blocked by a gate (stale data, test phase reached nobody, too late); 5 another sender runs the
+    campaign; 6 messages failed; 7 FCM refuses the sender; 130/143 interrupted (run it again to resume).
+    """
+    from sender import runs  # here: the other commands do not need it
+
+    cfg: config.Config = ctx.obj
+    chosen = campaigns_named(cfg, campaign)[0]
+    clock = runs.Clock(run(parse_time, now) - datetime.now(UTC) if now else timedelta(0))
+    options = runs.RunOptions(send_at, rehearse, build, dbt_vars, out, max_audience, allow_large, workers, batch_size)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn, run(database.connect, True) as lock_conn:
+        with progress_bars() as progress:
+            outcome = run(runs.run_campaign, conn, lock_conn, cfg, chosen, options, clock, log, STOP, progress)
+    if as_json:
+        typer.echo(runs.as_json(outcome))
+    else:
+        for result in (outcome.test, outcome.live):
+            if result is not None:
+                print_result(result)
+        what = "already finished" if outcome.already_finished else outcome.status
+        console.print(f"run {outcome.id}: {outcome.campaign}: {what}{': ' + outcome.reason if outcome.reason else ''}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    raise typer.Exit(outcome.exit_code)
 
 
 @contextmanager
@@ -543,6 +612,84 @@ def explain_command(
     with run(database.connect, True, cfg.embedded_db_dir) as conn:
         result = run(explain.explain, conn, cfg, chosen, [user], run_id)
     typer.echo(explain.render(result[user], as_json))
+
+
+@app.command("pause")
+def pause_command(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name or old script id.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by resume and the runs).")] = None,
+) -> None:
+    """Switch a campaign off at once (the kill switch, in the database): no run starts, test phase included,
+    and a running run stops before its next batch. Until `sender resume CAMPAIGN`."""
+    from sender import operate
+
+    cfg: config.Config = ctx.obj
+    chosen = campaigns_named(cfg, campaign)[0]
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        typer.echo(run(operate.pause, conn, cfg.sender_schema, chosen, reason))
+
+
+@app.command("resume")
+def resume_command(
+    ctx: typer.Context,
+    campaign: Annotated[str, typer.Argument(help="Campaign name or old script id.")],
+) -> None:
+    """Switch a paused campaign back on: its scheduled runs start again."""
+    from sender import operate
+
+    cfg: config.Config = ctx.obj
+    chosen = campaigns_named(cfg, campaign)[0]
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        typer.echo(run(operate.resume, conn, cfg.sender_schema, chosen))
+
+
+@app.command("cancel")
+def cancel_command(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN_ID|CAMPAIGN", help="A scheduled run's id, or a campaign: its latest unfinished scheduled run."
+        ),
+    ],
+) -> None:
+    """Cancel a scheduled run. In the cancellation window nothing live is sent; during the live send it stops
+    at the next batch boundary. A run whose process is gone is marked cancelled at once (never resumed).
+    Exit 0 when cancelled or already finished, 2 when there is nothing to cancel."""
+    from sender import operate
+
+    cfg: config.Config = ctx.obj
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        message = run(
+            operate.cancel, conn, cfg.sender_schema, target, lambda name: campaigns.find_campaign(cfg, name),
+            operate.zones(lambda: campaigns.load_campaigns(cfg)),
+        )  # fmt: skip
+    typer.echo(message)
+
+
+@app.command("runs")
+def runs_command(
+    ctx: typer.Context,
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign (name or old id).")] = None,
+    last: Annotated[int, typer.Option("--last", min=1, help="How many runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+) -> None:
+    """Recent scheduled runs, newest first: send time (campaign's zone), phase, status (a run whose process is
+    gone shows `interrupted`), reason, what the test and live phases sent, heartbeat of running ones."""
+    from sender import operate
+
+    cfg: config.Config = ctx.obj
+    name = campaigns_named(cfg, campaign)[0].name if campaign else None
+    zones = operate.zones(lambda: campaigns.load_campaigns(cfg))
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        document = run(operate.runs, conn, cfg.sender_schema, name, last, zones)
+    if as_json:
+        typer.echo(operate.to_json(document))
+    elif document["runs"]:
+        console.print(operate.runs_table(document, zones))
+    else:
+        console.print(f"no scheduled runs{f' of {name}' if name else ''} in the ledger {cfg.sender_schema}")
 
 
 @app.command("schedule")

@@ -21,7 +21,7 @@ DEFAULT_EMULATOR_PROJECT = "demo-project"
 class Config:
     project_dir: Path  # the dbt project (holds dbt_project.yml)
     target_path: Path  # dbt's target folder, absolute
-    profiles_dir: Path | None = None  # where dbt finds profiles.yml (None: the project's, else dbt's default)
+    profiles_dir: Path | None = None  # where dbt finds profiles.yml (None: dbt's default, ~/.dbt)
     sender_schema: str = DEFAULT_SENDER_SCHEMA  # the ledger's schema
     fcm_emulator_host: str | None = None  # host:port of a local FCM endpoint instead of Google
     firebase_project_id: str | None = None  # default: the emulator's demo project, or the credentials' project
@@ -62,7 +62,7 @@ def resolve(
     return Config(
         project_dir=project,
         target_path=target if target.is_absolute() else project / target,
-        profiles_dir=profiles_dir.resolve() if profiles_dir else None,
+        profiles_dir=profiles_dir or (project if (project / "profiles.yml").is_file() else None),
         sender_schema=schema,
         fcm_emulator_host=fcm_emulator_host or None,
         firebase_project_id=firebase_project_id or None,

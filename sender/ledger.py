@@ -9,6 +9,10 @@ deliveries      one row per (run, step, user, token), the unit of "exactly one a
                 sent / validated (dry-run accepted by FCM) / dry_run (live-dry-run: no FCM call)
                 failed / invalid_token / no_token / render_error
 invalid_tokens  tokens FCM reported as unregistered or invalid, and malformed source tokens: never sent to again
+scheduled_runs  one row per scheduled run of a campaign (campaign, send time, rehearsal or not): its phase
+                (build, export, test, window, live, cleanup, done), status, reason, heartbeat, and the
+                send runs of its test and live phases; a cancel request
+pauses          campaigns switched off at once (the kill switch): no run starts, running ones stop
 history         notifications sent before this ledger existed, imported from CSV (user, layer, campaign, time)
 notifications   (view) what cadence rules count: one row per user and live step (however many tokens), from
                 the ledger (sent, pending, or queued: a reservation) and the imported history
@@ -26,6 +30,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
@@ -116,6 +121,35 @@ MIGRATIONS = [
     union all
     select user_id, layer, nullif(campaign, ''), null, null, null, sent_at, true, null
     from {schema}.history;
+    """,
+    """
+    create table {schema}.scheduled_runs (
+        id           bigint generated always as identity primary key,
+        campaign     text not null,
+        send_at      timestamptz not null,
+        rehearsal    boolean not null default false,
+        phase        text not null default 'starting'
+                     check (phase in (
+                         'starting', 'build', 'freshness', 'export', 'test', 'window', 'live', 'cleanup', 'done')),
+        status       text not null default 'running' check (status in (
+                         'running', 'succeeded', 'failed', 'interrupted', 'cancelled', 'blocked')),
+        reason       text,
+        phases       jsonb not null default '[]',
+        cancel_requested_at timestamptz,
+        test_run_id  bigint references {schema}.runs,
+        live_run_id  bigint references {schema}.runs,
+        host         text,
+        pid          integer,
+        heartbeat_at timestamptz,
+        started_at   timestamptz not null default now(),
+        finished_at  timestamptz,
+        unique (campaign, send_at, rehearsal)
+    );
+    create table {schema}.pauses (
+        campaign  text primary key,
+        paused_at timestamptz not null default now(),
+        reason    text
+    );
     """,
 ]
 CADENCE_LOCK = 0x43415053  # 'CAPS': second key of the advisory lock that serialises cadence checks
@@ -569,6 +603,142 @@ class Ledger:
         )
         with self.conn.cursor(row_factory=dict_row) as cur:
             yield from cur.execute(query, (run_id, step))
+
+    # --- scheduled runs and the kill switch -----------------------------------------------------------
+
+    def scheduled_run(self, campaign: str, send_at: datetime, rehearsal: bool) -> dict | None:
+        query = self._q("select * from {t} where campaign = %s and send_at = %s and rehearsal = %s", t="scheduled_runs")
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (campaign, send_at, rehearsal)).fetchone()
+
+    def unfinished_scheduled_run(self, campaign: str) -> dict | None:
+        """The campaign's latest scheduled run (not a rehearsal) that is still running or was interrupted."""
+        query = self._q(
+            "select * from {t} where campaign = %s and not rehearsal and status in ('running', 'interrupted')"
+            " order by send_at desc limit 1",
+            t="scheduled_runs",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (campaign,)).fetchone()
+
+    def start_scheduled_run(self, campaign: str, send_at: datetime, rehearsal: bool) -> dict:
+        """The run for (campaign, send time, rehearsal), created or taken over by this process."""
+        query = self._q(
+            """
+            insert into {t} (campaign, send_at, rehearsal, host, pid, heartbeat_at) values (%s, %s, %s, %s, %s, now())
+            on conflict (campaign, send_at, rehearsal) do update
+                set host = excluded.host, pid = excluded.pid, heartbeat_at = now(),
+                    status = case when {t}.status in ('running', 'interrupted') then 'running' else {t}.status end
+            returning *
+            """,
+            t="scheduled_runs",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (campaign, send_at, rehearsal, socket.gethostname(), os.getpid())).fetchone()
+
+    def record_phase(self, run_id: int, phase: str, outcome: str, detail: dict | None = None) -> None:
+        """Enter `phase` (outcome 'started') or record how it ended; every step lands in `phases`."""
+        entry = {"phase": phase, "outcome": outcome, "at": datetime.now(UTC).isoformat(), **(detail or {})}
+        self.conn.execute(
+            self._q(
+                "update {t} set phase = %s, phases = phases || %s::jsonb, heartbeat_at = now() where id = %s",
+                t="scheduled_runs",
+            ),
+            (phase, json.dumps([entry]), run_id),
+        )
+
+    def link_send_run(self, run_id: int, column: str, send_run_id: int) -> None:
+        assert column in ("test_run_id", "live_run_id")
+        self.conn.execute(
+            sql.SQL("update {} set {} = %s where id = %s").format(self._t("scheduled_runs"), sql.Identifier(column)),
+            (send_run_id, run_id),
+        )
+
+    def finish_scheduled_run(self, run_id: int, status: str, reason: str | None = None) -> None:
+        self.conn.execute(
+            self._q(
+                "update {t} set status = %s, reason = %s, finished_at = now(), heartbeat_at = now() where id = %s",
+                t="scheduled_runs",
+            ),
+            (status, reason, run_id),
+        )
+
+    def heartbeat(self, run_id: int) -> dict:
+        """Beat, and return what others asked of this run: its cancel request and its campaign's pause."""
+        query = self._q(
+            """
+            update {t} set heartbeat_at = now() where id = %s
+            returning cancel_requested_at,
+                (select reason from {p} where {p}.campaign = {t}.campaign) as paused_reason,
+                exists (select from {p} where {p}.campaign = {t}.campaign) as paused
+            """,
+            t="scheduled_runs",
+            p="pauses",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (run_id,)).fetchone()
+
+    def request_cancel(self, run_id: int) -> dict | None:
+        """Ask a scheduled run to stop (its process notices at its next check); returns the run."""
+        query = self._q(
+            "update {t} set cancel_requested_at = coalesce(cancel_requested_at, now()) where id = %s returning *",
+            t="scheduled_runs",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (run_id,)).fetchone()
+
+    def pause(self, campaign: str, reason: str | None) -> None:
+        self.conn.execute(
+            self._q(
+                "insert into {p} (campaign, reason) values (%s, %s)"
+                " on conflict (campaign) do update set reason = excluded.reason, paused_at = now()",
+                p="pauses",
+            ),
+            (campaign, reason),
+        )
+
+    def resume(self, campaign: str) -> bool:
+        return bool(self.conn.execute(self._q("delete from {p} where campaign = %s", p="pauses"), (campaign,)).rowcount)
+
+    def paused(self, campaign: str) -> dict | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(self._q("select * from {p} where campaign = %s", p="pauses"), (campaign,)).fetchone()
+
+    def scheduled_runs(self, campaign: str | None, last: int) -> list[dict]:
+        """The latest scheduled runs, newest first; a 'running' run whose process is gone (nobody holds its
+        campaign's lock) is shown 'interrupted'."""
+        query = self._q(
+            """
+            select s.*,
+                case when s.status = 'running' and not exists (
+                    select from pg_locks as l
+                    where l.locktype = 'advisory' and l.granted and l.classid = %s::oid
+                        and l.database = (select oid from pg_database where datname = current_database())
+                        and l.objid = hashtext(s.campaign)::oid
+                ) then 'interrupted' else s.status end as shown_status
+            from {t} as s
+            where %s::text is null or s.campaign = %s
+            order by s.send_at desc, s.id desc limit %s
+            """,
+            t="scheduled_runs",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, (LOCK_CLASS, campaign, campaign, last)).fetchall()
+
+    def send_run(self, run_id: int) -> dict | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(self._q("select * from {r} where run_id = %s", r="runs"), (run_id,)).fetchone()
+
+    def find_scheduled_run(self, run_id: int | None = None, campaign: str | None = None) -> dict | None:
+        """Scheduled run `run_id`; without it, `campaign`'s latest one still running or interrupted (rehearsals
+        too). None when there is none."""
+        query = self._q(
+            "select * from {t} where id = %(id)s or (%(id)s::bigint is null and campaign = %(campaign)s"
+            " and status in ('running', 'interrupted')) order by send_at desc, id desc limit 1",
+            t="scheduled_runs",
+        )
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, {"id": run_id, "campaign": campaign}).fetchone()
 
     # --- cadence history and checks ---
 

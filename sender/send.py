@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
-from sender import audiences, dispatch
+from sender import audiences, dispatch, schedule
 from sender.campaigns import Campaign, Step, find_step
 from sender.config import Config
 from sender.errors import ExitCode, UserError
@@ -66,6 +65,16 @@ class WorkerDied(UserError):
     exit_code = ExitCode.PARTIAL
 
 
+class Halted(UserError):
+    """Stopped at a batch boundary: the campaign was paused, or its scheduled run cancelled."""
+
+    exit_code = ExitCode.SAFEGUARD
+
+    def __init__(self, message: str, status: str = "interrupted") -> None:
+        super().__init__(message)
+        self.status = status  # how the send run is recorded: 'interrupted' (paused) or 'cancelled'
+
+
 @dataclass
 class Options:
     mode: str
@@ -78,6 +87,7 @@ class Options:
     workers: int = 2
     batch_size: int = 250
     skip_delays: bool = False
+    rehearsal: bool = False  # a rehearsal's test sends go out for an inactive campaign too
 
 
 @dataclass
@@ -122,10 +132,19 @@ def is_test(mode: str) -> bool:
 
 
 def default_run_key(campaign: Campaign, mode: str, now: datetime) -> str:
-    """Real sends: one run per campaign day (in its time zone). Dry runs: a fresh run each time."""
+    """Real sends: the key of the campaign's current scheduled send time, the latest one at or before
+    now + lead time (so a send resumed after midnight is the same run, and a scheduled run's phases
+    and a manual send of the same day share their ledger runs). Dry runs: a fresh run each time."""
     if mode in ("test-live", "live"):
-        return now.astimezone(ZoneInfo(campaign.timezone)).date().isoformat()
+        return schedule.run_key(campaign, _current_send_at(campaign, now))
     return now.isoformat()
+
+
+def _current_send_at(campaign: Campaign, now: datetime) -> datetime:
+    """The campaign's latest scheduled send time at or before now + its lead time."""
+    horizon = now + timedelta(minutes=campaign.lead_minutes)
+    day = horizon.astimezone(campaign.zone).date()
+    return next(at for d in (day, day - timedelta(days=1)) if (at := schedule.occurrence(campaign, d)) <= horizon)
 
 
 def fcm_settings(config: Config) -> dispatch.FcmSettings:
@@ -143,6 +162,7 @@ class _Sending:
     stop: Stop
     progress: Callable[[str, int], Callable[[int], None]]
     log: Callable[[str], None]
+    halt: Callable[[], Halted | None]  # asked before every batch: stop here?
     checked_fcm: bool = False
     caps: Caps | None = None
 
@@ -157,6 +177,7 @@ def send_campaign(
     progress: Callable[[str, int], Callable[[int], None]] = lambda step, total: lambda n: None,
     log: Callable[[str], None] = print,
     stop: Stop | None = None,
+    halt: Callable[[], Halted | None] | None = None,
 ) -> RunResult:
     """Run (or resume) one send of `campaign`; conn and lock_conn are autocommit connections."""
     if options.mode not in MODES:
@@ -173,9 +194,19 @@ def send_campaign(
 
     test = is_test(options.mode)
     plans = {step.name: _prepare(conn, campaign, step, test) for step in steps}
+    if options.mode in ("test-live", "live"):
+        paused = ledger.paused(campaign.name)
+        if paused:
+            raise SafeguardTripped(
+                f"campaign {campaign.name} is paused (since {paused['paused_at']:%Y-%m-%d %H:%M %Z}"
+                f"{': ' + paused['reason'] if paused['reason'] else ''}); `sender resume {campaign.name}` first"
+            )
+        if not campaign.active and not (options.rehearsal and options.mode == "test-live"):
+            raise SafeguardTripped(
+                f"campaign {campaign.name} is inactive (active: false): it sends nothing, test pushes included "
+                "(dry runs and rehearsals still work)"
+            )
     if options.mode == "live":
-        if not campaign.active:
-            raise SafeguardTripped(f"campaign {campaign.name} is inactive (active: false); it never sends live")
         for step in steps:
             size = _audience_size(conn, step)
             if size > options.max_audience and not options.allow_large:
@@ -188,7 +219,8 @@ def send_campaign(
     run = ledger.start_run(campaign.name, campaign.layer, options.mode, run_key, campaign.priority)
     result = RunResult(run.run_id, campaign.name, options.mode, run_key, run.status, [], [], run.status != "new")
     log(f"run {run.run_id}: {campaign.name} {options.mode} (key {run_key}){' resumed' if result.resumed else ''}")
-    sending = _Sending(ledger, run.run_id, options, fcm_settings(config), stop or Stop(), progress, log)
+    halt = halt or (lambda: _paused(ledger, campaign.name))
+    sending = _Sending(ledger, run.run_id, options, fcm_settings(config), stop or Stop(), progress, log, halt)
     if not test:
         sending.caps = _caps(ledger, campaign, options.mode == "live", result.warnings)
         if sending.caps is None:
@@ -197,6 +229,9 @@ def send_campaign(
         _send_steps(sending, campaign, steps, plans, result)
     except Interrupted as exc:
         _record_end(ledger, run.run_id, "interrupted", f"stopped by {exc}")
+        raise
+    except Halted as exc:
+        _record_end(ledger, run.run_id, exc.status, str(exc))
         raise
     except BaseException as exc:
         _record_end(ledger, run.run_id, "failed", str(exc) or type(exc).__name__)
@@ -242,6 +277,14 @@ def _caps(ledger: Ledger, campaign: Campaign, reserve: bool, warnings: list[str]
         else f"{'.'.join(rules)} has no active rule"
     )
     warnings.append(f"NO FREQUENCY CAPS: {why}; sending without cadence limits")
+    return None
+
+
+def _paused(ledger: Ledger, campaign: str) -> Halted | None:
+    paused = ledger.paused(campaign)
+    if paused:
+        return Halted(f"campaign {campaign} was paused{': ' + paused['reason'] if paused['reason'] else ''}; "
+                      f"stopped at a batch boundary (`sender resume {campaign}`, then the same command)")  # fmt: skip
     return None
 
 
@@ -327,12 +370,16 @@ def _deliver(sending: _Sending, step: str) -> None:
     if not queued:
         return
     advance = sending.progress(step, queued)
+    halted = None
     if options.mode == "live-dry-run":  # no FCM call: every message is recorded as a dry run
         with stop.deferred():
-            while not stop.requested and (batch := ledger.claim(run_id, step, options.batch_size)):
+            while not (stop.requested or halted) and (batch := ledger.claim(run_id, step, options.batch_size)):
+                halted = sending.halt()
                 ledger.settle(run_id, step, [(m.user_id, m.token, "dry_run", None, None) for m in batch])
                 advance(len(batch))
         stop.check()
+        if halted:
+            raise halted
         return
     if not sending.checked_fcm:
         cause = dispatch.preflight(sending.fcm)
@@ -348,7 +395,10 @@ def _deliver(sending: _Sending, step: str) -> None:
     ):
         in_flight: dict[Future, list] = {}
         while True:
-            while not (cause or died or stop.requested) and len(in_flight) < options.workers:
+            while not (cause or died or halted or stop.requested) and len(in_flight) < options.workers:
+                halted = sending.halt()
+                if halted:
+                    break
                 batch = ledger.claim(run_id, step, options.batch_size)
                 if not batch:
                     break
@@ -371,6 +421,8 @@ def _deliver(sending: _Sending, step: str) -> None:
                 advance(len(batch))
                 cause = cause or next((o.error for o in outcomes if o.status == "queued"), None)
     stop.check()
+    if halted:
+        raise halted
     if died:
         raise WorkerDied(f"run {run_id}: {died}; its messages stay pending (unknown outcome)")
     if cause:

@@ -128,6 +128,7 @@ class Sender:
             invalid_tokens=sql.Identifier(self.schema, "invalid_tokens"),
             history=sql.Identifier(self.schema, "history"),
             notifications=sql.Identifier(self.schema, "notifications"),
+            scheduled_runs=sql.Identifier(self.schema, "scheduled_runs"),
         )
         with self.db.cursor(row_factory=dict_row) as cur:
             cur.execute(text, params)

@@ -81,7 +81,7 @@ def test_a_fresh_manifest_is_used_as_it_is(config: Config) -> None:
     assert (layer3.layer, layer3.active, layer3.priority, layer3.send_time, layer3.path) == (
         3,
         True,
-        0,
+        30,
         "13:05",
         LAYER3,
     )
@@ -214,5 +214,7 @@ def test_cli_reports_a_bad_declaration_in_one_line(config: Config, tmp_path: Pat
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == ExitCode.BAD_INPUT, result.stderr
-    assert result.stderr.strip() == f"error: {WHERE}active: must be true or false, not the string 'false'"
+    lines = result.stderr.strip().splitlines()  # the parse of the edited project is logged first
+    assert lines[-1] == f"error: {WHERE}active: must be true or false, not the string 'false'"
+    assert [line for line in lines if "error" in line] == lines[-1:]
     assert not (tmp_path / "out").exists()

@@ -233,6 +233,8 @@ def test_kill_9_then_resume_never_sends_twice(sender, chain):
     args, latency, points = KILL_CHAINS[chain]
     run_key = f"kill-{chain}"
     command = (L2, "--mode", "live", "--run-key", run_key, *args)
+    option = dict(zip(args[::2], args[1::2], strict=True))
+    bound = int(option.get("--workers", 2)) * int(option["--batch-size"])  # README: the most a kill leaves pending
     sender.emulator.configure({"latency_ms": latency})
 
     def count_sent() -> int:
@@ -268,7 +270,9 @@ def test_kill_9_then_resume_never_sends_twice(sender, chain):
         time.sleep(0.1)  # let requests already on the wire reach the emulator
         wait_for_lock_release(sender.db, L2)
         arrived = len(sender.emulator.messages())
-        check_ledger_against_emulator(sender, run_key)
+        rows, _ = check_ledger_against_emulator(sender, run_key)
+        pending = sum(1 for r in rows.values() if r["status"] == "pending")
+        assert pending <= bound, f"{pending} messages pending after a kill, over workers x batch = {bound}"
         time.sleep(0.2)
         assert len(sender.emulator.messages()) == arrived, f"messages arrived after the kill at {point}"
 
@@ -386,7 +390,9 @@ def test_invalid_tokens_are_recorded_and_never_sent_again(sender, db):
     cells = summary_row(first.stderr, step)
     assert (cells["failed"], cells["invalid tokens"]) == ("1", "3")
 
-    # A later run (new key): the invalid tokens are not even attempted; the failed one is sent this time.
+    # A later run (new key, a week later: no frequency cap applies): the invalid tokens are not even
+    # attempted; the failed one is sent this time.
+    sender.query("update {deliveries} set updated_at = updated_at - interval '8 days'")
     sender.emulator.configure({"tokens": rules})
     sender.emulator.clear()
     later = sender.run(L3, "--mode", "live", "--step", step, "--run-key", "later")
@@ -518,15 +524,17 @@ def test_template_error_fails_validation_before_anything_is_sent(sender, in_proc
     assert sender.runs() == [] and sender.query("select * from {deliveries}") == []
 
 
-def test_inactive_campaign_never_sends_live(sender, in_process):
+def test_inactive_campaign_sends_nothing_not_even_test_pushes(sender, in_process):
     campaign = dataclasses.replace(one_step(L3, "closet-adders"), active=False)
-    with pytest.raises(send.SafeguardTripped, match="inactive") as caught:
-        in_process(campaign, "live", "inactive")
-    assert caught.value.exit_code == 4
+    for mode in ("live", "test-live"):
+        with pytest.raises(send.SafeguardTripped, match="inactive") as caught:
+            in_process(campaign, mode, f"inactive-{mode}")
+        assert caught.value.exit_code == 4
     assert sender.emulator.messages() == []
     assert sender.runs() == [] and sender.query("select * from {deliveries}") == []
-    # the test sends of an inactive campaign still go out (to the test users only)
-    result = in_process(campaign, "test-live", "inactive-test")
+    # a dry run still works, and a rehearsal may try an inactive campaign on the test users
+    assert in_process(campaign, "live-dry-run", "inactive-dry").exit_code == 0
+    result = in_process(campaign, "test-live", "inactive-rehearsal", rehearsal=True)
     assert result.exit_code == 0
     assert delivered_tokens(sender.emulator) == dict.fromkeys(ALL_TEST_TOKENS, 1)
 
