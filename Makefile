@@ -31,21 +31,35 @@ $(VENV)/.installed: pyproject.toml
 profiles.yml:
 	cp profiles.example.yml $@
 
-# The demo sends to a local FCM emulator (recording to demo-output/fcm-messages.jsonl); each run
-# of the demo is a new send run (run key demo-<time>), so it can be repeated.
+# The demo sends to a local FCM emulator (recording to demo-output/fcm-messages.jsonl), on a fresh
+# ledger (schema demo_sender, dropped first), so it can be repeated. The sample data is as of AS_OF:
+# the scheduled runs accept it as fresh (source_max_age_hours); a real run keeps the 24 h default.
+DEMO_FRESH := {source_schema: demo_source, source_max_age_hours: 1000000}
 demo: install
 	@$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences SENDER_SCHEMA=demo_sender && \
 	$(BIN)/sender sample-data --users $(DEMO_USERS) --as-of "$(AS_OF)" --schema demo_source --replace --cascade \
 	  --test-users seeds/test_users.csv && \
 	$(BIN)/dbt build --quiet --full-refresh --vars '{source_schema: demo_source, as_of: "$(AS_OF)"}' && \
-	rm -rf demo-output && $(BIN)/sender export --all --out demo-output && \
+	$(BIN)/python -c 'import psycopg; psycopg.connect(autocommit=True).execute("drop schema if exists demo_sender cascade")' && \
+	rm -rf demo-output && mkdir demo-output && \
 	{ $(BIN)/sender fcm-emulator --port $(EMULATOR_PORT) --record demo-output/fcm-messages.jsonl & } && \
 	emulator=$$! && trap 'kill $$emulator' EXIT && $(call wait_for_port,$(EMULATOR_PORT)) && \
-	export FCM_EMULATOR_HOST=127.0.0.1:$(EMULATOR_PORT) && key=demo-$$(date +%s) && \
+	export FCM_EMULATOR_HOST=127.0.0.1:$(EMULATOR_PORT) && \
+	echo "== sender schedule: what a scheduler would fire (start = send time - lead time)" && $(BIN)/sender schedule && \
+	echo "== a rehearsal of layer3-behavior: the whole timeline, test users in both phases, waits compressed" && \
+	$(BIN)/sender run layer3-behavior --rehearse --no-build --dbt-vars '$(DEMO_FRESH)' --out demo-output && \
+	send_at=$$($(BIN)/python -c 'import datetime as d; t = d.datetime.now(d.UTC) + d.timedelta(seconds=75); \
+	  print(t.replace(second=0, microsecond=0).isoformat())') && \
 	for campaign in $(CAMPAIGNS); do \
-	  $(BIN)/sender send $$campaign --mode test-live --run-key $$key && \
-	  $(BIN)/sender send $$campaign --mode live --run-key $$key --skip-delays || exit 1; \
+	  echo "== the scheduled run of $$campaign for $$send_at: export, test send, cancellation window, live send" && \
+	  $(BIN)/sender run $$campaign --send-at $$send_at --no-build --dbt-vars '$(DEMO_FRESH)' --out demo-output \
+	    || exit 1; \
 	done && \
+	echo "== layer3-behavior once more (a second run): every user had a Layer 3 push in the last 72 h (frequency caps)" && \
+	$(BIN)/sender send layer3-behavior --mode live --run-key demo-second-run && \
+	user=$$(tail -n +2 "$$(ls demo-output/recent-closet-adders_2*.csv | head -1)" | head -1 | cut -d, -f1) && \
+	echo "== why did $$user get (or not get) each push?" && $(BIN)/sender explain $$user && \
+	echo "== sender runs" && $(BIN)/sender runs && \
 	echo "Demo done: CSV files in demo-output/, pushes received by the emulator in demo-output/fcm-messages.jsonl"
 	@echo "What would min_inventory_count: 5 change? The same project built into demo_audiences_changed:" && \
 	$(call db_env,push_demo) && export DBT_SCHEMA=demo_audiences_changed DBT_TARGET_PATH=target-demo-changed && \

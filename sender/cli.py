@@ -5,6 +5,7 @@ Exit codes (for schedulers): one enum, sender.errors.ExitCode, the same for ever
 
 from __future__ import annotations
 
+import json
 import shlex
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -326,6 +327,7 @@ def send_command(
     workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Sending processes.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=500, help="Messages per FCM batch.")] = 250,
     skip_delays: Annotated[bool, typer.Option("--skip-delays", help="Ignore the delays between steps.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Send a campaign's pushes through FCM, exactly once per (run, step, user, token).
 
@@ -343,7 +345,10 @@ def send_command(
                 send.send_campaign, conn, lock_conn, cfg, chosen, options, datetime.now(UTC), progress,
                 log, STOP,
             )  # fmt: skip
-    print_result(result)
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), default=str))
+    else:
+        print_result(result)
     raise typer.Exit(result.exit_code)
 
 

@@ -99,17 +99,11 @@ class Outcome:
         return ExitCode.OK
 
     def as_json(self) -> dict:
-        def counts(result: send.RunResult | None) -> dict | None:
-            if result is None:
-                return None
-            steps = [{k: v for k, v in s.__dict__.items() if isinstance(v, int | str)} for s in result.steps]
-            return {"run_id": result.run_id, "run_key": result.run_key, "status": result.status, "steps": steps}
-
         return {
             "id": self.id, "campaign": self.campaign, "send_at": self.send_at.isoformat() if self.send_at else None,
             "rehearsal": self.rehearsal, "status": self.status, "reason": self.reason, "phases": self.phases,
-            "test": counts(self.test), "live": counts(self.live), "files": self.files,
-            "already_finished": self.already_finished,
+            "test": self.test and self.test.as_json(), "live": self.live and self.live.as_json(),
+            "files": self.files, "already_finished": self.already_finished,
         }  # fmt: skip
 
 

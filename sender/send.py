@@ -36,7 +36,7 @@ from sender.campaigns import Campaign, Step, find_step
 from sender.config import Config
 from sender.errors import ExitCode, UserError
 from sender.interrupts import Interrupted, Stop
-from sender.ledger import Caps, Ledger, try_lock_campaign
+from sender.ledger import Caps, Counts, Ledger, try_lock_campaign
 from sender.render import Copy, Rendered, TemplateError, compile_copy
 
 MODES = ("test-dry-run", "test-live", "live-dry-run", "live")
@@ -90,18 +90,11 @@ class Options:
     rehearsal: bool = False  # a rehearsal's test sends go out for an inactive campaign too
 
 
-@dataclass
-class StepSummary:
-    step: str
-    audience: int = 0
-    no_token: int = 0
-    sent: int = 0
-    failed: int = 0
-    invalid_tokens: int = 0
-    render_errors: int = 0
-    unknown: int = 0
-    queued: int = 0
-    cadence_skipped: int = 0
+@dataclass(frozen=True)
+class StepSummary(Counts):
+    """A step's ledger counts after this invocation, with what the summary shows of it."""
+
+    step: str = ""
     unknown_messages: list[tuple[str, str]] = field(default_factory=list)  # (user_id, token) left pending
     examples: list[dict] = field(default_factory=list)  # a few rendered messages and errors
 
@@ -125,6 +118,12 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         return ExitCode.OK if self.status == "succeeded" else ExitCode.PARTIAL
+
+    def as_json(self) -> dict:
+        steps = [{**_counts(s), "unknown_messages": s.unknown_messages, "examples": s.examples} for s in self.steps]
+        return {"run_id": self.run_id, "campaign": self.campaign, "mode": self.mode, "run_key": self.run_key,
+                "status": self.status, "already_done": self.already_done, "warnings": self.warnings,
+                "steps": steps}  # fmt: skip
 
 
 def is_test(mode: str) -> bool:
@@ -438,10 +437,9 @@ def _systemic_message(sending: _Sending, cause: str) -> str:
 
 
 def _summarise(ledger: Ledger, run_id: int, step: str) -> StepSummary:
-    counts = ledger.counts(run_id, step)
     return StepSummary(
-        step,
-        **counts.__dict__,
+        **ledger.counts(run_id, step).__dict__,
+        step=step,
         unknown_messages=ledger.unknown_messages(run_id, step),
         examples=list(ledger.examples(run_id, step)),
     )

@@ -340,3 +340,25 @@ def test_help_shows_the_configuration_and_its_variables(sender):
                      "GOOGLE_APPLICATION_CREDENTIALS"):  # fmt: skip
         assert variable in result.stdout, variable
     assert "--retry-failed" in run_cli(sender.env, "sender", "send", "--help").stdout
+
+
+def test_a_model_missing_after_a_replace_is_a_one_line_error(sender, db, tmp_path):
+    """Finding 11: `sample-data --replace --cascade` drops dbt's views; the sender then says what to run."""
+    schema = f"{sender.schema}_models"
+    db.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+    try:
+        for table in ("layer3_offer_creators", "layer3_closet_adders", "layer3_wishlist_adders", "test_users",
+                      "cadence_rules"):  # fmt: skip
+            db.execute(
+                sql.SQL("create table {} as select * from {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(AUDIENCE_SCHEMA, table)
+                )
+            )  # everything the campaign reads but the device tokens view
+        env = {"DBT_SCHEMA": schema, "DBT_TARGET_PATH": str(tmp_path / "target")}
+        result = sender.run(L3, "--mode", "live", "--run-key", "gone", **env)
+        assert_ok(result, 2)
+        assert "stg_tradeblock__device_tokens" in result.stderr and "dbt build" in result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+        assert sender.emulator.messages() == []
+    finally:
+        db.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(schema)))

@@ -4,6 +4,7 @@ PostgreSQL, firebase-admin and the FCM emulator, with short windows; kills, canc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,11 +13,13 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
+from sender import runs
 from sender.ledger import Ledger
 from tests.conftest import AS_OF, BIN, PROJECT_DIR, SOURCE_SCHEMA, run_cli
-from tests.sending import ALL_TEST_TOKENS, L3, assert_ok, audience, tokens_of
+from tests.sending import ALL_TEST_TOKENS, L3, assert_ok, audience, one_step, tokens_of
 
 FRESH = f'{{source_schema: {SOURCE_SCHEMA}, as_of: "{AS_OF}", source_max_age_hours: 1000000}}'
 L3_STEPS = ("offer-creators", "closet-adders", "wishlist-adders")
@@ -265,3 +268,23 @@ def test_a_run_killed_in_its_live_phase_resumes_after_midnight(runner, db):
     assert [r["id"] for r in rows] == [1], "a second run was started"
     live = runner.messages()[1]
     assert max(Counter(m["token"] for m in live).values()) == 1
+
+
+def test_an_inactive_campaign_starts_no_run_but_can_be_rehearsed(runner, sender):
+    campaign = dataclasses.replace(one_step(L3, "closet-adders"), active=False)
+    options = runs.RunOptions(send_at=None, build=False, dbt_vars=FRESH, out=runner.out)
+    with psycopg.connect(autocommit=True) as conn, psycopg.connect(autocommit=True) as lock_conn:
+        outcome = runs.run_campaign(conn, lock_conn, sender.config, campaign, options, runs.Clock())
+        assert (outcome.status, outcome.exit_code) == ("not started", 0) and "inactive" in outcome.reason
+        assert sender.emulator.messages() == [] and runner.row() is None
+        rehearsal = dataclasses.replace(options, rehearse=True, rehearsal_window=1)
+        outcome = runs.run_campaign(conn, lock_conn, sender.config, campaign, rehearsal, runs.Clock())
+    assert outcome.status == "succeeded" and runner.messages()[1] == []
+    assert Counter(m["token"] for m in runner.messages()[0]) == dict.fromkeys(ALL_TEST_TOKENS, 2)
+
+
+def test_send_json_is_one_document(sender):
+    result = sender.run(L3, "--mode", "live-dry-run", "--step", "closet-adders", "--run-key", "j", "--json")
+    assert_ok(result)
+    document = json.loads(result.stdout)
+    assert document["status"] == "succeeded" and document["steps"][0]["step"] == "closet-adders"
