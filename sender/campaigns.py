@@ -86,6 +86,7 @@ class Campaign:
     test_file_retention_days: int = 7  # a run's cleanup removes test files older than this
     path: str = ""  # the YAML file declaring it, relative to the project
     cadence_rules: tuple[str, str] | None = None  # (schema, table) of the cadence_rules seed; None: no caps
+    decisions: tuple[str, str] | None = None  # (schema, table) of its *_decisions model (sender explain), if any
 
     @property
     def build_command(self) -> str:
@@ -333,6 +334,14 @@ class _Project:
                 return node
         return None
 
+    def decisions(self, exposure: dict) -> tuple[str, str] | None:
+        """The exposure's decisions model (a model in its depends_on named *_decisions), if it has one."""
+        for unique_id in (exposure.get("depends_on") or {}).get("nodes") or []:
+            node = self.manifest["nodes"].get(unique_id) or {}
+            if node.get("resource_type") == "model" and str(node.get("name")).endswith("_decisions"):
+                return str(node.get("schema")), str(node.get("alias") or node.get("name"))
+        return None
+
     def relation(self, resource: str, name: str, purpose: str) -> tuple[str, str]:
         node = self.node(resource, name)
         if node is None:
@@ -464,7 +473,8 @@ def _campaign(project: _Project, exposure: dict, meta: dict, shared: dict, probl
     if not d.valid:
         return None
     values["aliases"] = tuple(values["aliases"])
-    return Campaign(exposure=str(exposure.get("name")), steps=tuple(steps), path=path, **shared, **values)
+    return Campaign(exposure=str(exposure.get("name")), steps=tuple(steps), path=path,
+                    decisions=project.decisions(exposure), **shared, **values)  # fmt: skip
 
 
 def load_campaigns(config: Config, log: Callable[[str], None] | None = None) -> dict[str, Campaign]:

@@ -24,7 +24,6 @@ from sender.database import relation_exists
 from sender.errors import UserError
 from sender.ledger import Ledger
 
-DECISIONS_SUFFIX = "_decisions"  # the exposure's depends_on model that explains its audience
 STATUS_TEXT = {
     "queued": "planned, not sent yet",
     "pending": "handed to FCM, outcome unknown (the sender stopped before FCM answered; --resend-unknown sends again)",
@@ -38,19 +37,6 @@ def parse_user_id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise UserError(f"USER_ID {value!r} is not a UUID") from None
-
-
-def decisions_relation(manifest: dict, campaign: Campaign) -> tuple[str, str]:
-    """(schema, table) of the decisions model in the campaign's exposure depends_on."""
-    exposure = next((e for e in manifest["exposures"].values() if e.get("name") == campaign.exposure), {})
-    for unique_id in (exposure.get("depends_on") or {}).get("nodes") or []:
-        node = manifest["nodes"].get(unique_id) or {}
-        if node.get("resource_type") == "model" and str(node.get("name")).endswith(DECISIONS_SUFFIX):
-            return str(node["schema"]), str(node.get("alias") or node["name"])
-    raise UserError(
-        f"campaign {campaign.name} ({campaign.path}) has no decisions model: add ref('layer{campaign.layer}"
-        f"{DECISIONS_SUFFIX}') to its exposure's depends_on"
-    )
 
 
 def explain(
@@ -75,9 +61,8 @@ def explain(
         if not campaigns:
             raise UserError(f"run {run_id} belongs to campaign {run['campaign']}, not the one given")
     result = {user: {"user_id": user, "campaigns": []} for user in user_ids}
-    manifest = json.loads(config.manifest_path.read_text())  # as fresh as the campaigns, which were read from it
     for campaign in campaigns:
-        audiences = _audience_side(conn, decisions_relation(manifest, campaign), campaign, user_ids)
+        audiences = _audience_side(conn, campaign, user_ids)
         if run_id is None:
             run = ledger.find_run(campaign=campaign.name) if has_ledger else None
         deliveries = _delivery_side(conn, ledger, campaign, run, user_ids, audiences)
@@ -92,12 +77,17 @@ def explain(
 # --- audience side ------------------------------------------------------------------------------------------
 
 
-def _audience_side(
-    conn: psycopg.Connection, decisions: tuple[str, str], campaign: Campaign, user_ids: list[str]
-) -> dict:
-    schema, table = decisions
-    if not relation_exists(conn, schema, table):
-        raise UserError(f"the decisions model {schema}.{table} does not exist: run `{campaign.build_command}`")
+def _audience_side(conn: psycopg.Connection, campaign: Campaign, user_ids: list[str]) -> dict:
+    problem = None
+    if campaign.decisions is None:
+        problem = (f"the campaign declares no decisions model (add a model named <...>_decisions to its "
+                   f"exposure's depends_on, {campaign.path})")  # fmt: skip
+    elif not relation_exists(conn, *campaign.decisions):
+        problem = f"the decisions model {'.'.join(campaign.decisions)} does not exist: run `{campaign.build_command}`"
+    if problem:
+        unknown = dict.fromkeys(("step", "file_prefix", "model", "reason_code"), None)
+        return {user: {**unknown, "outcome": "not explained", "reason": problem, "details": {}} for user in user_ids}
+    schema, table = campaign.decisions
     query = sql.SQL("select * from {} where user_id = any(%s::uuid[])").format(sql.Identifier(schema, table))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = {str(row["user_id"]): row for row in cur.execute(query, (user_ids,))}
