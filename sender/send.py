@@ -193,26 +193,7 @@ def send_campaign(
 
     test = is_test(options.mode)
     plans = {step.name: _prepare(conn, campaign, step, test) for step in steps}
-    if options.mode in ("test-live", "live"):
-        paused = ledger.paused(campaign.name)
-        if paused:
-            raise SafeguardTripped(
-                f"campaign {campaign.name} is paused (since {paused['paused_at']:%Y-%m-%d %H:%M %Z}"
-                f"{': ' + paused['reason'] if paused['reason'] else ''}); `sender resume {campaign.name}` first"
-            )
-        if not campaign.active and not (options.rehearsal and options.mode == "test-live"):
-            raise SafeguardTripped(
-                f"campaign {campaign.name} is inactive (active: false): it sends nothing, test pushes included "
-                "(dry runs and rehearsals still work)"
-            )
-    if options.mode == "live":
-        for step in steps:
-            size = _audience_size(conn, step)
-            if size > options.max_audience and not options.allow_large:
-                raise SafeguardTripped(
-                    f"step {step.name} of {campaign.name} has {size:,} users, over the maximum of "
-                    f"{options.max_audience:,}: nothing sent (raise --max-audience or pass --allow-large)"
-                )
+    _safeguards(conn, ledger, campaign, steps, options)
 
     run_key = options.run_key or default_run_key(campaign, options.mode, now)
     run = ledger.start_run(campaign.name, campaign.layer, options.mode, run_key, campaign.priority)
@@ -236,6 +217,32 @@ def send_campaign(
         _record_end(ledger, run.run_id, "failed", str(exc) or type(exc).__name__)
         raise
     return result
+
+
+def _safeguards(
+    conn: psycopg.Connection, ledger: Ledger, campaign: Campaign, steps: list[Step], options: Options
+) -> None:
+    """A paused or inactive campaign sends nothing; a live step over the maximum sends nothing (SafeguardTripped)."""
+    if options.mode in ("test-live", "live"):
+        paused = ledger.paused(campaign.name)
+        if paused:
+            raise SafeguardTripped(
+                f"campaign {campaign.name} is paused (since {paused['paused_at']:%Y-%m-%d %H:%M %Z}"
+                f"{': ' + paused['reason'] if paused['reason'] else ''}); `sender resume {campaign.name}` first"
+            )
+        if not campaign.active and not (options.rehearsal and options.mode == "test-live"):
+            raise SafeguardTripped(
+                f"campaign {campaign.name} is inactive (active: false): it sends nothing, test pushes included "
+                "(dry runs and rehearsals still work)"
+            )
+    if options.mode == "live":
+        for step in steps:
+            size = _audience_size(conn, step)
+            if size > options.max_audience and not options.allow_large:
+                raise SafeguardTripped(
+                    f"step {step.name} of {campaign.name} has {size:,} users, over the maximum of "
+                    f"{options.max_audience:,}: nothing sent (raise --max-audience or pass --allow-large)"
+                )
 
 
 def _send_steps(sending: _Sending, campaign: Campaign, steps: list[Step], plans: dict, result: RunResult) -> None:
