@@ -447,8 +447,8 @@ def run_command(
             if result is not None:
                 print_result(result)
         what = "already finished" if outcome.already_finished else outcome.status
-        console.print(f"run {outcome.id}: {outcome.campaign}: {what}{': ' + outcome.reason if outcome.reason else ''}",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        why = f": {outcome.reason}" if outcome.reason else ""
+        console.print(f"scheduled run {outcome.id}: {outcome.campaign}: {what}{why}", highlight=False, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -133,7 +133,7 @@ class _Run:
     def record(self, phase: str, outcome: str, **detail) -> None:
         self.ledger.record_phase(self.id, phase, outcome, detail)
         self.outcome.phases.append({"phase": phase, "outcome": outcome, **detail})
-        self.log(f"run {self.id}: {phase}: {outcome}{_details(detail)}")
+        self.log(f"scheduled run {self.id}: {phase}: {outcome}{_details(detail)}")
 
     def halt(self) -> send.Halted | None:
         """A cancel request or a pause, noticed at a batch boundary or a check of the window."""
@@ -187,7 +187,8 @@ def run_campaign(
     run = _Run(conn, lock_conn, config, campaign, options, clock, log, stop or Stop(), ledger, outcome, row)
     kind = "rehearsal" if options.rehearse else "run"
     local = send_at.astimezone(campaign.zone)
-    log(f"run {run.id}: {kind} of {campaign.name} for {local:%Y-%m-%d %H:%M %Z}{' (resumed)' if row['phases'] else ''}")
+    resumed = " (resumed)" if row["phases"] else ""
+    log(f"scheduled run {run.id}: {kind} of {campaign.name} for {local:%Y-%m-%d %H:%M:%S %Z}{resumed}")
     try:
         _timeline(run, progress)
         _finish(run, "succeeded")
@@ -226,7 +227,7 @@ def _finish(run: _Run, status: str, reason: str | None = None) -> None:
         run.ledger.finish_scheduled_run(run.id, status, reason and reason[:1000])
     except psycopg.Error:  # the database is gone: the next process finds the run unfinished and resumes it
         pass
-    run.log(f"run {run.id}: {status}{': ' + reason if reason else ''}")
+    run.log(f"scheduled run {run.id}: {status}{': ' + reason if reason else ''}")
 
 
 def _timeline(run: _Run, progress) -> None:
@@ -243,7 +244,9 @@ def _timeline(run: _Run, progress) -> None:
         _wait_until(run, schedule.test_push_at(campaign, run.outcome.send_at), "test send")
     _check(run)
     key = schedule.run_key(campaign, run.outcome.send_at)
-    run.outcome.test = _send(run, "test", "test-live", f"rehearsal-test {key}" if options.rehearse else key, progress)
+    if options.rehearse:  # rehearsals are seconds apart: their send runs are keyed to the second
+        key = f"rehearsal {run.outcome.send_at.astimezone(campaign.zone).isoformat()}"
+    run.outcome.test = _send(run, "test", "test-live", f"{key} test" if options.rehearse else key, progress)
     if not run.done("test"):
         reached = sum(s.sent for s in run.outcome.test.steps)
         if not reached:
@@ -261,7 +264,7 @@ def _timeline(run: _Run, progress) -> None:
             f"the live phase would start {late.total_seconds() / 60:.0f} min after the send time, over the allowed "
             f"lateness of {campaign.allowed_lateness_minutes} min: nothing live sent"
         )
-    mode, live_key = ("test-live", f"rehearsal-live {key}") if options.rehearse else ("live", key)
+    mode, live_key = ("test-live", f"{key} live") if options.rehearse else ("live", key)
     run.outcome.live = _send(run, "live", mode, live_key, progress)
     if run.outcome.live.status != "succeeded":
         raise Failed(f"the live phase ended {run.outcome.live.status} (send run {run.outcome.live.run_id})")
@@ -299,7 +302,7 @@ def _wait_until(run: _Run, moment: datetime, what: str) -> None:
     while (left := (moment - run.clock.now()).total_seconds()) > 0:
         _check(run)
         if time.monotonic() - last_line >= every:
-            run.log(f"run {run.id}: {what} in {_duration(left)} (`sender cancel {run.id}` to stop it)")
+            run.log(f"scheduled run {run.id}: {what} in {_duration(left)} (`sender cancel {run.id}` stops it)")
             last_line = time.monotonic()
         run.clock.sleep(min(left, poll))
     _check(run)
