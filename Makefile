@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 AS_OF ?= 2026-11-20 18:00:00+00
 DEMO_USERS ?= 20000
 TEST_USERS ?= 5000
+PYTEST_WORKERS ?= 3
 EMULATOR_PORT ?= 18085
 CAMPAIGNS := layer5-waterfall layer3-behavior layer2-trending
 
@@ -76,8 +77,10 @@ test: lint
 	@$(call db_env,push_test) && export DBT_SCHEMA=test_audiences && \
 	$(BIN)/sender sample-data --users $(TEST_USERS) --as-of "$(AS_OF)" --schema test_source --replace --cascade \
 	  --test-users seeds/test_users.csv && \
-	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}' && \
-	$(BIN)/pytest
+	$(BIN)/dbt build --full-refresh --vars '{source_schema: test_source, as_of: "$(AS_OF)"}'
+	@# pytest: on the embedded server, PYTEST_WORKERS processes, each with a database of its own; on your
+	@# server (PGHOST set), one process in your database (its own schemas).
+	$(if $(PGHOST),$(BIN)/pytest,$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile)
 
 # make diff BASE=<schema>: build the working tree into DIFF_SCHEMA and compare it with the build in BASE
 # (README, "For analysts"). With BASE_REF=<git ref>, BASE is first built from that ref (a temporary

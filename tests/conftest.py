@@ -20,7 +20,8 @@ from sender.database import ensure_environment
 pytest_plugins = ["tests.sending"]
 
 AS_OF = "2026-11-20 18:00:00+00"
-# one database per pytest-xdist worker (`pytest -n N`): each builds its own sample data and models
+# On the embedded server, one database per pytest-xdist worker (`pytest -n N`): each builds its own sample
+# data and models, and the campaigns' advisory locks (per database) never collide between workers.
 DATABASE = os.environ.get("PYTEST_DATABASE", "pytest_push") + os.environ.get("PYTEST_XDIST_WORKER", "")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TARGET_PATH = PROJECT_DIR / f"target-{DATABASE}"

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import AS_OF, AUDIENCE_SCHEMA, DATABASE, SOURCE_SCHEMA, run_cli
+from tests.conftest import AS_OF, AUDIENCE_SCHEMA, SOURCE_SCHEMA, run_cli
 
 STEPS = {  # campaign -> [(step, table)], in the exposures' order
     "layer5-waterfall": [("no-shoes", "layer5_no_shoes"), ("no-bio", "layer5_no_bio"),
@@ -335,4 +335,5 @@ def test_bad_input_is_one_line_exit_2(built, args):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:"), result.stderr
     assert result.stdout == ""
     if "pytest_no_such_schema" in args:
-        assert f"schema 'pytest_no_such_schema' does not exist in database '{DATABASE}'" in result.stderr
+        database = built["PGDATABASE"]  # the test database (or yours, with PGHOST set)
+        assert f"schema 'pytest_no_such_schema' does not exist in database '{database}'" in result.stderr
