@@ -725,10 +725,6 @@ class Ledger:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(query, (LOCK_CLASS, campaign, campaign, last)).fetchall()
 
-    def send_run(self, run_id: int) -> dict | None:
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(self._q("select * from {r} where run_id = %s", r="runs"), (run_id,)).fetchone()
-
     def find_scheduled_run(self, run_id: int | None = None, campaign: str | None = None) -> dict | None:
         """Scheduled run `run_id`; without it, `campaign`'s latest one still running or interrupted (rehearsals
         too). None when there is none."""
@@ -799,8 +795,8 @@ class Ledger:
     def find_run(self, run_id: int | None = None, campaign: str | None = None) -> dict | None:
         """Run `run_id`; without it, the latest live run of `campaign`. None when there is none."""
         query = self._q(
-            "select run_id, campaign, layer, mode, run_key, status, started_at, finished_at, error from {runs}"
-            " where run_id = %(run_id)s or (%(run_id)s::bigint is null and campaign = %(campaign)s and mode = 'live')"
+            "select * from {runs} where run_id = %(run_id)s"
+            " or (%(run_id)s::bigint is null and campaign = %(campaign)s and mode = 'live')"
             " order by started_at desc, run_id desc limit 1",
             runs="runs",
         )

@@ -147,7 +147,7 @@ def _phase_counts(ledger: Ledger, send_run_id: int | None) -> dict | None:
     """A send run's totals, from its summary when finished, else counted in the ledger so far."""
     if send_run_id is None:
         return None
-    send_run = ledger.send_run(send_run_id)
+    send_run = ledger.find_run(send_run_id)
     steps = send_run["summary"]
     if steps is None:
         steps = [{"step": step, **ledger.counts(send_run_id, step).__dict__} for step in
