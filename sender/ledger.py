@@ -294,6 +294,8 @@ class Ledger:
         With `caps`, users whom a cadence rule blocks get one row `cadence_skipped` naming the rules.
         """
         with self.conn.transaction():
+            # Sorts and hashes of this transaction (the audience in file order, the caps) stay in memory.
+            self.conn.execute("set local work_mem = '64MB'")
             self.conn.execute(
                 "create temporary table rendered (user_id uuid, title text, body text, data jsonb, error text)"
                 " on commit drop"
@@ -342,11 +344,20 @@ class Ledger:
             )
             if caps:
                 self._apply_caps(caps)
+            # In key order, so the indexes fill page after page; of rows with the same (user, token) (a user
+            # twice in the audience) the first in `planned` wins, as `on conflict do nothing` over a scan of it
+            # keeps it. The step has no rows yet (it is planned once, under the campaign's lock), so there is
+            # no conflict to check for; if it had, the statement would skip them as before.
+            fresh = not self.conn.execute(
+                self._q("select exists (select from {d} where run_id = %s and step = %s)", d="deliveries"),
+                (run_id, step),
+            ).fetchone()[0]
             self.conn.execute(
                 self._q(
                     "insert into {deliveries} (run_id, step, user_id, token, status, title, body, data, error,"
-                    " cadence_rules) select %(run_id)s, %(step)s, user_id, token, status, title, body, data, error,"
-                    " cadence_rules from planned on conflict do nothing",
+                    " cadence_rules) select distinct on (user_id, token) %(run_id)s, %(step)s, user_id, token,"
+                    " status, title, body, data, error, cadence_rules from planned order by user_id, token, ctid"
+                    + ("" if fresh else " on conflict do nothing"),
                     deliveries="deliveries",
                 ),
                 {"run_id": run_id, "step": step},

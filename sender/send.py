@@ -19,6 +19,8 @@ none) differ between modes.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import time
 import uuid
@@ -28,6 +30,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import jinja2.meta
+import jinja2.nodes
 import psycopg
 from psycopg import sql
 
@@ -37,6 +41,7 @@ from sender.config import Config
 from sender.errors import ExitCode, UserError
 from sender.interrupts import Interrupted, Stop
 from sender.ledger import Caps, Counts, Ledger, try_lock_campaign
+from sender.render import ENV as RENDER_ENV
 from sender.render import Copy, Rendered, TemplateError, compile_copy
 
 MODES = ("test-dry-run", "test-live", "live-dry-run", "live")
@@ -321,13 +326,24 @@ def _prepare(conn: psycopg.Connection, campaign: Campaign, step: Step, test: boo
     return query, copy
 
 
+MEMO_SIZE = 50_000  # distinct renderings kept by render_chunks (a few hundred bytes each)
+
+
 def render_chunks(
-    conn: psycopg.Connection, query: sql.Composable, copy: Copy, size: int = 5000
+    conn: psycopg.Connection,
+    query: sql.Composable,
+    copy: Copy,
+    size: int = 5000,
+    inputs: tuple[str, ...] | None = None,
 ) -> Iterator[list[tuple[str | None, dict, Rendered]]]:
     """The audience rendered, streamed in chunks of (user_id or None if not a UUID, row, Rendered).
 
+    `inputs`: the columns the templates read (`template_inputs`). Rows that agree on them render
+    alike, so each distinct combination is rendered once (and its Rendered shared): an audience of a
+    few products renders a few thousand times, not once per user.
     Must run inside a transaction (server-side cursor); the connection is free between chunks.
     """
+    memo: dict[tuple, Rendered] = {}
     with conn.cursor(name=f"audience_{uuid.uuid4().hex}") as cur:
         cur.execute(query)
         names = [d.name for d in cur.description]
@@ -339,8 +355,29 @@ def render_chunks(
                     user_id = str(uuid.UUID(row.get("user_id") or ""))
                 except ValueError:
                     user_id = None
-                chunk.append((user_id, row, copy.render(row)))
+                if inputs is None:
+                    rendered = copy.render(row)
+                else:
+                    key = tuple(row.get(name) for name in inputs)
+                    rendered = memo.get(key)
+                    if rendered is None:
+                        if len(memo) >= MEMO_SIZE:
+                            memo.clear()
+                        rendered = memo[key] = copy.render(row)
+                chunk.append((user_id, row, rendered))
             yield chunk
+
+
+def template_inputs(step: Step) -> tuple[str, ...] | None:
+    """The columns a step's templates read, or None when their output may differ between two rows
+    that agree on those columns (a template drawing at `random`)."""
+    names: set[str] = set()
+    for source in (step.title, step.body, *(str(value) for value in step.data.values())):
+        parsed = RENDER_ENV.parse(source)
+        if any(node.name == "random" for node in parsed.find_all(jinja2.nodes.Filter)):
+            return None
+        names |= jinja2.meta.find_undeclared_variables(parsed)
+    return tuple(sorted(names))
 
 
 def _audience_size(conn: psycopg.Connection, step: Step) -> int:
@@ -354,16 +391,21 @@ def _plan(
 ) -> int:
     """Write the step's ledger rows; returns how many audience rows had a user_id that is not a UUID."""
     invalid = 0
+    data: dict[int, tuple[Rendered, str]] = {}  # id(Rendered) -> (it, its data as JSON): shared renderings
+
+    def as_json(rendered: Rendered) -> str:
+        found = data.get(id(rendered))
+        if found is None or found[0] is not rendered:
+            if len(data) >= MEMO_SIZE:
+                data.clear()
+            found = data[id(rendered)] = (rendered, json.dumps(rendered.data))
+        return found[1]
 
     def rows():
         nonlocal invalid
-        for chunk in render_chunks(ledger.conn, query, copy):
+        for chunk in render_chunks(ledger.conn, query, copy, size=1000, inputs=template_inputs(step)):
             invalid += sum(1 for user_id, _, _ in chunk if user_id is None)
-            yield [
-                (user_id, r.title, r.body, json.dumps(r.data), r.error)
-                for user_id, _, r in chunk
-                if user_id is not None
-            ]
+            yield [(user_id, r.title, r.body, as_json(r), r.error) for user_id, _, r in chunk if user_id is not None]
 
     ledger.plan_step(run_id, step.name, rows(), campaign.device_tokens, caps)
     return invalid
@@ -395,6 +437,7 @@ def _deliver(sending: _Sending, step: str) -> None:
     cause = died = None
     announced = False
     dry_run = options.mode == "test-dry-run"
+    _shrink()  # the workers are forked from this process: each starts with its resident memory
     with (
         stop.deferred(),
         ProcessPoolExecutor(options.workers, initializer=dispatch.init_worker, initargs=(sending.fcm,)) as pool,
@@ -433,6 +476,15 @@ def _deliver(sending: _Sending, step: str) -> None:
         raise WorkerDied(f"run {run_id}: {died}; its messages stay pending (unknown outcome)")
     if cause:
         raise Systemic(_systemic_message(sending, cause))
+
+
+def _shrink() -> None:
+    """Hand the memory freed by planning back to the system (collect cycles, then glibc's malloc_trim)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _systemic_message(sending: _Sending, cause: str) -> str:
