@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_send.py                       # workers 1 2 3 x batch sizes 250 500
     .venv/bin/python bench/bench_send.py --workers 2 --batch-sizes 500 --py-spy
+    .venv/bin/python bench/bench_send.py --plan-only --history 0 1 2     # planning alone, caps on and off
 
 Needs the models of bench/bench_audiences.py built (database bench_1m, artifacts in target-bench).
 For each (workers, batch size):
@@ -21,6 +22,10 @@ For each (workers, batch size):
 
 --mode live-dry-run runs the same path without FCM calls (planning, claim and settle only), and
 --latency-ms makes the emulator answer each message that much later, like a distant FCM.
+
+--plan-only times the planning of the step alone, in this process (`send._plan`: rendering, COPY, the
+token join, the cadence caps, the ledger insert; each statement timed), on a fresh ledger per case:
+caps on and off, after 0, 1, ... earlier sends of the step (--history), which the caps then count.
 
 CPU time of other processes during a run (total busy CPU from /proc/stat minus ours) is reported;
 a run where they used more than --busy-cores on average is repeated (--retries times).
@@ -284,20 +289,31 @@ def stop_emulator(process: subprocess.Popen) -> None:
 
 
 def read_record(path: Path) -> dict:
+    """What the emulator received: delivered tokens, first and last delivery, errors; validate-only requests
+    (the sender's preflight before it claims anything) are counted apart."""
     delivered: Counter[str] = Counter()
-    received = errors = 0
+    received = errors = validated = 0
     first = last = None
     with path.open() as handle:
         for line in handle:
             record = json.loads(line)
             received += 1
-            first = record["time"] if first is None else min(first, record["time"])
-            last = record["time"] if last is None else max(last, record["time"])
             if record["delivered"]:
                 delivered[record["token"]] += 1
+                first = record["time"] if first is None else min(first, record["time"])
+                last = record["time"] if last is None else max(last, record["time"])
+            elif record.get("validate_only") and record.get("status") == 200:
+                validated += 1
             else:
                 errors += 1
-    return {"received": received, "errors": errors, "delivered": delivered, "first": first, "last": last}
+    return {
+        "received": received,
+        "errors": errors,
+        "validated": validated,
+        "delivered": delivered,
+        "first": first,
+        "last": last,
+    }
 
 
 # --- one configuration ----------------------------------------------------------------------------
@@ -464,7 +480,7 @@ def run_one(args: argparse.Namespace, workers: int, batch: int, attempt: int, ex
     if sent != expected:
         problems.append(f"ledger has {sent:,} {done} messages, the audience has {expected:,} (user, token) pairs")
     if args.mode != "live":
-        if emu["received"]:
+        if emu["received"] - emu["validated"]:
             problems.append(f"the emulator received {emu['received']:,} messages in mode {args.mode}")
     elif emu["delivered"] != ledger["sent_tokens"]:
         extra = emu["delivered"] - ledger["sent_tokens"]
@@ -526,6 +542,116 @@ def print_result(r: dict) -> None:
         print(f"   CHECK FAILED: {problem}")
 
 
+# --- planning alone (--plan-only) -------------------------------------------------------------------
+
+
+class TimedConnection:
+    """A connection whose `execute` calls are timed (the statements of Ledger.plan_step and _apply_caps)."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self.times: list[tuple[float, str]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    def execute(self, query, params=None, **options):
+        text = query.as_string(self._conn) if hasattr(query, "as_string") else str(query)
+        started = time.perf_counter()
+        try:
+            return self._conn.execute(query, params, **options)
+        finally:
+            self.times.append((time.perf_counter() - started, " ".join(text.split())))
+
+
+def add_history(conn, schema: str, audience: str, tokens: str, step: str, campaign, runs: int) -> None:
+    """`runs` earlier live runs of this campaign that sent the step's whole audience, 1, 2, ... days ago
+    (inside the cadence windows), as the ledger holds them after real sends."""
+    from sender.ledger import Ledger
+
+    ledger = Ledger(conn, schema)
+    for day in range(1, runs + 1):
+        run = ledger.start_run(campaign.name, campaign.layer, "live", f"history-{day}", campaign.priority)
+        conn.execute(
+            sql.SQL(
+                "insert into {d} (run_id, step, user_id, token, status, updated_at, fcm_message_id)"
+                " select %s, %s, a.user_id::uuid, t.token, 'sent', now() - make_interval(days => %s), 'm'"
+                " from {a} as a inner join {t} as t on t.user_id = a.user_id::uuid"
+            ).format(d=sql.Identifier(schema, "deliveries"), a=sql.SQL(audience), t=sql.SQL(tokens)),
+            (run.run_id, step, day),
+        )
+        ledger.finish_run(run.run_id, "succeeded", [])
+    conn.execute(sql.SQL("analyze {}").format(sql.Identifier(schema, "deliveries")))
+
+
+def plan_only(args: argparse.Namespace, audience: str) -> None:
+    """Time `send._plan` (render, COPY, the token join, _apply_caps, the ledger insert) in this process, on a
+    fresh ledger per case: with the cadence caps and without, after 0, 1, 2 earlier sends of the step."""
+    from sender import config as sender_config
+    from sender import send
+    from sender.campaigns import find_campaign, find_step
+    from sender.ledger import Ledger
+
+    config = sender_config.resolve(target_path=PROJECT / args.target_path, sender_schema=args.sender_schema)
+    campaign = find_campaign(config, args.campaign)
+    step = find_step(campaign, args.step)
+    manifest = json.loads((PROJECT / args.target_path / "manifest.json").read_text())
+    models = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    tokens = models["stg_tradeblock__device_tokens"]
+    tokens_table = f'"{tokens["schema"]}"."{tokens["alias"]}"'
+    audience_table = ".".join(f'"{part}"' for part in audience.split("."))
+    results = []
+    for history in args.history:
+        for with_caps in (True, False):
+            with connect(autocommit=True) as conn:
+                conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(args.sender_schema)))
+                Ledger(conn, args.sender_schema).migrate()
+                add_history(conn, args.sender_schema, audience_table, tokens_table, step.name, campaign, history)
+                ledger = Ledger(conn, args.sender_schema)
+                query, copy = send._prepare(conn, campaign, step, False)
+                run = ledger.start_run(campaign.name, campaign.layer, "live", f"plan-{history}", campaign.priority)
+                caps = send._caps(ledger, campaign, True, []) if with_caps else None
+                timed = TimedConnection(conn)
+                before = load()
+                cpu = resource.getrusage(resource.RUSAGE_SELF)
+                started = time.perf_counter()
+                send._plan(Ledger(timed, args.sender_schema), run.run_id, campaign, step, query, copy, caps)
+                wall = time.perf_counter() - started
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                statuses = dict(
+                    conn.execute(
+                        sql.SQL("select status, count(*) from {} where run_id = %s group by status").format(
+                            sql.Identifier(args.sender_schema, "deliveries")
+                        ),
+                        (run.run_id,),
+                    ).fetchall()
+                )
+            statements = sum(seconds for seconds, _ in timed.times)
+            case = {
+                "history_runs": history,
+                "caps": with_caps,
+                "wall_s": round(wall, 2),
+                "python_cpu_s": round(usage.ru_utime + usage.ru_stime - cpu.ru_utime - cpu.ru_stime, 2),
+                "statements_s": round(statements, 2),
+                "render_and_copy_s": round(wall - statements, 2),
+                "slow_statements": [(round(sec, 3), text[:90]) for sec, text in timed.times if sec >= 0.01],
+                "statuses": statuses,
+                "load_before": before,
+                "load_after": load(),
+            }
+            results.append(case)
+            print(
+                f"\n== history {history} run(s), caps {'on' if with_caps else 'off'}: planning {case['wall_s']} s "
+                f"(render + COPY {case['render_and_copy_s']} s, statements {case['statements_s']} s; Python CPU "
+                f"{case['python_cpu_s']} s); rows {statuses}; load {before} -> {case['load_after']}"
+            )
+            for seconds, text in case["slow_statements"]:
+                print(f"   {seconds:7.3f} s  {text}")
+    out = args.results / f"plan-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps({"audience": audience, "cpus": os.cpu_count(), "cases": results}, indent=1))
+    print(f"\nfigures: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -553,9 +679,21 @@ def main() -> None:
     parser.add_argument("--settle-timeout", type=float, default=90.0, help="but no longer than this (s)")
     parser.add_argument("--busy-cores", type=float, default=0.3, help="other processes' CPU that makes a run noisy")
     parser.add_argument("--retries", type=int, default=1, help="repeat a noisy run this many times")
-    parser.add_argument("--target-rate", type=float, default=1500.0, help="target msg/s (reported)")
+    parser.add_argument("--target-rate", type=float, default=3000.0, help="target msg/s (reported)")
     parser.add_argument("--target-memory", type=float, default=250.0, help="target peak MB (reported)")
     parser.add_argument("--py-spy", action="store_true", help="run the sender under py-spy record --subprocesses")
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="time the planning of the step in this process (statement by statement), caps on and off",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="--plan-only: earlier sends of the step in the ledger (what the caps count), one case each",
+    )
     parser.add_argument("--results", type=Path, default=PROJECT / "bench" / "results" / "send")
     args = parser.parse_args()
     args.results = args.results.resolve()
@@ -568,6 +706,9 @@ def main() -> None:
     with connect(autocommit=True) as conn:
         table, users, expected = expected_pairs(conn, target, args.campaign, args.step)
     print(f"{args.campaign} step {args.step}: {table}, {users:,} users, {expected:,} (user, token) pairs to send")
+    if args.plan_only:
+        plan_only(args, table)
+        return
 
     started = datetime.now(UTC)
     runs = []
