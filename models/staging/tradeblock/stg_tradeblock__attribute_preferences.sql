@@ -1,21 +1,7 @@
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'attribute_preferences') }}
-
-),
-
-final as (
-
-    select
-        id as attribute_preference_id,
-        user_preference_id,
-        attribute_id,
-        attribute_value_id,
-        preferred as is_preferred
-    from source
-
-)
-
-select * from final
+select
+    id as attribute_preference_id,
+    user_preference_id,
+    attribute_id,
+    attribute_value_id,
+    preferred as is_preferred
+from {{ source('tradeblock', 'attribute_preferences') }}

@@ -2,22 +2,8 @@
 -- of this table is not known; quote_identifier quotes and escapes them (macros/identifiers.sql).
 {%- set columns = var('device_tokens') %}
 
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'device_tokens') }}
-
-),
-
-final as (
-
-    select
-        {{ quote_identifier(columns['token'], 'var device_tokens.token') }} as token,
-        {{ quote_identifier(columns['user_id'], 'var device_tokens.user_id') }} as user_id,
-        {{ quote_identifier(columns['platform'], 'var device_tokens.platform') }} as platform
-    from source
-
-)
-
-select * from final
+select
+    {{ quote_identifier(columns['token'], 'var device_tokens.token') }} as token,
+    {{ quote_identifier(columns['user_id'], 'var device_tokens.user_id') }} as user_id,
+    {{ quote_identifier(columns['platform'], 'var device_tokens.platform') }} as platform
+from {{ source('tradeblock', 'device_tokens') }}

@@ -1,19 +1,5 @@
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'offer_items') }}
-
-),
-
-final as (
-
-    select
-        id as offer_item_id,
-        offer_id,
-        product_variant_id as variant_id
-    from source
-
-)
-
-select * from final
+select
+    id as offer_item_id,
+    offer_id,
+    product_variant_id as variant_id
+from {{ source('tradeblock', 'offer_items') }}

@@ -1,19 +1,5 @@
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'product_variants') }}
-
-),
-
-final as (
-
-    select
-        id as variant_id,
-        product_id,
-        index_cache ->> 'mens_size' as mens_size
-    from source
-
-)
-
-select * from final
+select
+    id as variant_id,
+    product_id,
+    index_cache ->> 'mens_size' as mens_size
+from {{ source('tradeblock', 'product_variants') }}

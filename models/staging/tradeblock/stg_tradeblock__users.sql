@@ -1,23 +1,9 @@
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'users') }}
-
-),
-
-final as (
-
-    select
-        id as user_id,
-        username,
-        first_name,
-        bio,
-        created_at,
-        deleted_at,
-        deleted_at = 0 as is_live
-    from source
-
-)
-
-select * from final
+select
+    id as user_id,
+    username,
+    first_name,
+    bio,
+    created_at,
+    deleted_at,
+    deleted_at = 0 as is_live
+from {{ source('tradeblock', 'users') }}

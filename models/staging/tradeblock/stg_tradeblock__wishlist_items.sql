@@ -1,22 +1,8 @@
-with
-
-source as (
-
-    select * from {{ source('tradeblock', 'wishlist_items') }}
-
-),
-
-final as (
-
-    select
-        id as wishlist_item_id,
-        user_id,
-        product_variant_id as variant_id,
-        created_at,
-        deleted_at,
-        deleted_at = 0 as is_live
-    from source
-
-)
-
-select * from final
+select
+    id as wishlist_item_id,
+    user_id,
+    product_variant_id as variant_id,
+    created_at,
+    deleted_at,
+    deleted_at = 0 as is_live
+from {{ source('tradeblock', 'wishlist_items') }}
