@@ -77,31 +77,44 @@ wishlist_adds as (
 
 ),
 
+offers_in_window as (
+
+    select * from offers
+    where
+        created_at >= {{ as_of_minus(hours=var('lookback_hours') - var('cooling_hours')) }}
+        and created_at < {{ as_of_minus(hours=var('cooling_hours')) }}
+
+),
+
+-- each offer's first item, looked up through the index on offer_items.offer_id
 first_offer_items as (
 
-    select distinct on (offer_items.offer_id)
-        offer_items.offer_id,
-        offer_items.variant_id
-    from offer_items
-    inner join offers on offer_items.offer_id = offers.offer_id
-    where
-        offers.created_at >= {{ as_of_minus(hours=var('lookback_hours') - var('cooling_hours')) }}
-        and offers.created_at < {{ as_of_minus(hours=var('cooling_hours')) }}
-    order by offer_items.offer_id asc, offer_items.offer_item_id asc
+    select
+        offers_in_window.offer_id,
+        offers_in_window.creator_user_id,
+        offers_in_window.created_at,
+        first_item.variant_id
+    from offers_in_window
+    cross join lateral (
+        select offer_items.variant_id
+        from offer_items
+        where offer_items.offer_id = offers_in_window.offer_id
+        order by offer_items.offer_item_id asc
+        limit 1
+    ) as first_item
 
 ),
 
 offers_created as (
 
     select
-        offers.creator_user_id as user_id,
+        creator_user_id as user_id,
         'offer_created' as activity_type,
         1 as priority,
-        offers.offer_id as activity_id,
-        first_offer_items.variant_id,
-        offers.created_at
-    from offers
-    inner join first_offer_items on offers.offer_id = first_offer_items.offer_id
+        offer_id as activity_id,
+        variant_id,
+        created_at
+    from first_offer_items
 
 ),
 

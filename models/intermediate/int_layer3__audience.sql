@@ -4,9 +4,6 @@
 --   offer_created, wishlist_add: inventory_count >= min_inventory_count
 --   closet_add:                  wishlist_count  >= min_wishlist_count
 
--- A table: the audience models of this layer each read their slice of it.
-{{ config(materialized="table") }}
-
 with
 
 prioritised as (

@@ -1,9 +1,6 @@
 -- Every Layer 5 user with the columns of the level files, in file order (newest signup first,
 -- then user_id). The five audience models each take one level from here.
 
--- A table: the audience models of this layer each read their slice of it.
-{{ config(materialized="table") }}
-
 with
 
 new_users as (

@@ -1,11 +1,13 @@
 -- The target shoe of each Layer 5 user in levels 3-5: the first of four fallback steps that
--- finds one. Each step ranks its candidates (pick = 1 is the step's choice); users for whom no
--- step finds a shoe get empty fields.
+-- finds one. Each step picks one row per candidate; users for whom no step finds a shoe get empty fields.
 --   1 live desired item: highest offers_count, newest created_at, lowest desired_items.id
 --   2 item of the most recent offer: newest offers.created_at, lowest offer_items.id
 --   3 live wishlist item: newest created_at, lowest id
 --   4 like 2, but the variant or product may be gone ('Unknown Product')
 -- Steps 1-3 need the variant and its product to exist (int_variants).
+-- Steps 1 and 3 look up each candidate's best row (lateral ... limit 1), through the indexes on
+-- user_id: a few thousand candidates read a few rows each instead of the whole tables. Steps 2 and 4
+-- rank the candidates' offer items (pick = 1).
 
 with
 
@@ -15,7 +17,8 @@ levels as (
 
 ),
 
-variants as (
+-- not materialized: read in the lateral lookups, where each row must be found by its index
+variants as not materialized (
 
     select * from {{ ref('int_variants') }}
 
@@ -67,20 +70,23 @@ candidates as (
 from_desired_items as (
 
     select
-        desired_items.user_id,
-        variants.product_name,
-        variants.variant_id,
-        row_number() over (
-            partition by desired_items.user_id
-            order by
-                desired_items.offers_count desc,
-                desired_items.created_at desc,
-                desired_items.desired_item_id asc
-        ) as pick
-    from desired_items
-    inner join candidates on desired_items.user_id = candidates.user_id
-    inner join variants on desired_items.variant_id = variants.variant_id
-    where desired_items.is_live
+        candidates.user_id,
+        picked.product_name,
+        picked.variant_id
+    from candidates
+    cross join lateral (
+        select
+            variants.product_name,
+            variants.variant_id
+        from desired_items
+        inner join variants on desired_items.variant_id = variants.variant_id
+        where desired_items.user_id = candidates.user_id and desired_items.is_live
+        order by
+            desired_items.offers_count desc,
+            desired_items.created_at desc,
+            desired_items.desired_item_id asc
+        limit 1
+    ) as picked
 
 ),
 
@@ -116,17 +122,20 @@ from_recent_offer as (
 from_wishlist_items as (
 
     select
-        wishlist_items.user_id,
-        variants.product_name,
-        variants.variant_id,
-        row_number() over (
-            partition by wishlist_items.user_id
-            order by wishlist_items.created_at desc, wishlist_items.wishlist_item_id asc
-        ) as pick
-    from wishlist_items
-    inner join candidates on wishlist_items.user_id = candidates.user_id
-    inner join variants on wishlist_items.variant_id = variants.variant_id
-    where wishlist_items.is_live
+        candidates.user_id,
+        picked.product_name,
+        picked.variant_id
+    from candidates
+    cross join lateral (
+        select
+            variants.product_name,
+            variants.variant_id
+        from wishlist_items
+        inner join variants on wishlist_items.variant_id = variants.variant_id
+        where wishlist_items.user_id = candidates.user_id and wishlist_items.is_live
+        order by wishlist_items.created_at desc, wishlist_items.wishlist_item_id asc
+        limit 1
+    ) as picked
 
 ),
 
@@ -164,12 +173,10 @@ final as (
             from_any_offer_item.variant_id
         ) as top_target_shoe_variant_id
     from candidates
-    left join from_desired_items
-        on candidates.user_id = from_desired_items.user_id and from_desired_items.pick = 1
+    left join from_desired_items on candidates.user_id = from_desired_items.user_id
     left join from_recent_offer
         on candidates.user_id = from_recent_offer.user_id and from_recent_offer.pick = 1
-    left join from_wishlist_items
-        on candidates.user_id = from_wishlist_items.user_id and from_wishlist_items.pick = 1
+    left join from_wishlist_items on candidates.user_id = from_wishlist_items.user_id
     left join from_any_offer_item
         on candidates.user_id = from_any_offer_item.user_id and from_any_offer_item.pick = 1
 

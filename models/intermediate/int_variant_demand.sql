@@ -22,38 +22,37 @@ wishlist_items as (
 
 ),
 
-open_inventory as (
+-- one row per open inventory item and per live wishlist item, so that one join finds their live users
+demand_items as (
 
     select
-        inventory_items.variant_id,
-        count(*) as open_inventory_count
+        variant_id,
+        user_id,
+        true as is_supply
     from inventory_items
-    inner join users on inventory_items.user_id = users.user_id
-    where inventory_items.is_open_for_trade and users.is_live
-    group by inventory_items.variant_id
+    where is_open_for_trade
 
-),
-
-live_wishlists as (
+    union all
 
     select
-        wishlist_items.variant_id,
-        count(*) as live_wishlist_count
+        variant_id,
+        user_id,
+        false as is_supply
     from wishlist_items
-    inner join users on wishlist_items.user_id = users.user_id
-    where wishlist_items.is_live and users.is_live
-    group by wishlist_items.variant_id
+    where is_live
 
 ),
 
 final as (
 
     select
-        coalesce(open_inventory.variant_id, live_wishlists.variant_id) as variant_id,
-        coalesce(open_inventory.open_inventory_count, 0) as open_inventory_count,
-        coalesce(live_wishlists.live_wishlist_count, 0) as live_wishlist_count
-    from open_inventory
-    full outer join live_wishlists on open_inventory.variant_id = live_wishlists.variant_id
+        demand_items.variant_id,
+        count(*) filter (where demand_items.is_supply) as open_inventory_count,
+        count(*) filter (where not demand_items.is_supply) as live_wishlist_count
+    from demand_items
+    inner join users on demand_items.user_id = users.user_id
+    where users.is_live
+    group by demand_items.variant_id
 
 )
 

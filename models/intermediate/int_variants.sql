@@ -1,6 +1,8 @@
 -- Variants whose product exists, with the product name and the variant's size
 -- (index_cache mens_size, 'Unknown' when absent). Joining to this model is how an audience
--- requires "an existing variant and product".
+-- requires "an existing variant and product". The unique index serves the lookups of one variant
+-- at a time (int_layer5__target_shoes).
+{{ config(indexes=[{"columns": ["variant_id"], "unique": True}]) }}
 
 with
 
