@@ -36,7 +36,8 @@ audience as (
 
 ),
 
-thresholds as (
+-- materialized: one row, computed once (inlined, its expressions would run for every user)
+thresholds as materialized (
 
     select
         {{ as_of() }} as as_of,
@@ -46,30 +47,49 @@ thresholds as (
 
 ),
 
+-- The holders of a trending product with the audience's decision, one row per user, so that every user
+-- is looked up once below. A full join: an audience user without a match would still show (unexplained).
+matched as (
+
+    select
+        coalesce(holder_matches.user_id, audience.user_id) as user_id,
+        holder_matches.user_id as holder_id,
+        holder_matches.product_name,
+        holder_matches.variant_id,
+        holder_matches.variant_size,
+        holder_matches.trending_rank,
+        holder_matches.trending_rank_label,
+        holder_matches.wishlist_count,
+        audience.trending_rank as included_rank
+    from holder_matches
+    full outer join audience on holder_matches.user_id = audience.user_id
+
+),
+
 decided as (
 
     select
         users.user_id,
-        holder_matches.product_name,
-        holder_matches.variant_id,
-        cast(holder_matches.trending_rank as integer) as trending_rank,
-        cast(holder_matches.wishlist_count as integer) as wishlist_count,
+        matched.product_name,
+        matched.variant_id,
+        cast(matched.trending_rank as integer) as trending_rank,
+        cast(matched.wishlist_count as integer) as wishlist_count,
         thresholds.demand_threshold,
         user_activities.last_active,
         case
-            when audience.trending_rank = 1 then 'trending_top1'
-            when audience.trending_rank > 1 then 'trending_top2_10'
+            when matched.included_rank = 1 then 'trending_top1'
+            when matched.included_rank > 1 then 'trending_top2_10'
         end as included_as,
         case
             when not users.is_live then 'deleted'
             when user_activities.last_active is null or user_activities.last_active < thresholds.active_since
                 then 'inactive'
-            when holder_matches.user_id is null then 'no_trending_product'
-            when holder_matches.wishlist_count < thresholds.demand_threshold then 'below_demand_threshold'
+            when matched.holder_id is null then 'no_trending_product'
+            when matched.wishlist_count < thresholds.demand_threshold then 'below_demand_threshold'
         end as failed_condition,
-        'holds the ' || holder_matches.trending_rank_label || ' trending product, ' || holder_matches.product_name
-        || ' (size ' || holder_matches.variant_size || '), open for trade; that variant: '
-        || holder_matches.wishlist_count || ' on wishlists, at least ' || thresholds.demand_threshold || ' needed'
+        'holds the ' || matched.trending_rank_label || ' trending product, ' || matched.product_name
+        || ' (size ' || matched.variant_size || '), open for trade; that variant: '
+        || matched.wishlist_count || ' on wishlists, at least ' || thresholds.demand_threshold || ' needed'
             as match_text,
         case
             when user_activities.last_active is null then 'never active (no last_active)'
@@ -83,8 +103,7 @@ decided as (
     from users
     cross join thresholds
     left join user_activities on users.user_id = user_activities.user_id
-    left join holder_matches on users.user_id = holder_matches.user_id
-    left join audience on users.user_id = audience.user_id
+    left join matched on users.user_id = matched.user_id
 
 ),
 

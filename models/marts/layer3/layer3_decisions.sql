@@ -37,7 +37,8 @@ variant_demand as (
 
 ),
 
-activity_window as (
+-- materialized: one row, computed once (inlined, its to_char calls would run for every user)
+activity_window as materialized (
 
     select
         'no closet add (open for trade), wishlist add or offer from '
@@ -116,35 +117,59 @@ kept as (
 
 ),
 
-decided as (
+-- Every user with an activity in the window: the kept one, what it superseded and the audience's
+-- decision, one row per user, so that every user is looked up once below. Full joins: a user of the
+-- audience without a kept activity would still show (as unexplained).
+considered as (
 
     select
-        users.user_id,
+        coalesce(kept.user_id, superseded.user_id, audience.user_id) as user_id,
+        kept.user_id as kept_user_id,
         kept.activity_type,
         kept.activity_at,
         kept.product_name,
         kept.variant_id,
+        kept.variant_size,
         kept.demand_count,
         kept.demand_threshold,
-        coalesce(superseded.superseded_activities, 0) as superseded_activities,
-        audience.activity_type as included_as,
+        kept.activity_text,
+        kept.demand_text,
+        superseded.superseded_activities,
+        superseded.superseded_text,
+        audience.activity_type as included_as
+    from kept
+    full outer join superseded on kept.user_id = superseded.user_id
+    full outer join audience on coalesce(kept.user_id, superseded.user_id) = audience.user_id
+
+),
+
+decided as (
+
+    select
+        users.user_id,
+        considered.activity_type,
+        considered.activity_at,
+        considered.product_name,
+        considered.variant_id,
+        considered.demand_count,
+        considered.demand_threshold,
+        coalesce(considered.superseded_activities, 0) as superseded_activities,
+        considered.included_as,
         case
             when not users.is_live then 'deleted'
-            when kept.user_id is null then 'no_activity_in_window'
-            when kept.demand_count < kept.demand_threshold then 'below_demand_threshold'
+            when considered.kept_user_id is null then 'no_activity_in_window'
+            when considered.demand_count < considered.demand_threshold then 'below_demand_threshold'
         end as failed_condition,
-        kept.activity_text
-        || ' at ' || to_char(kept.activity_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
-        || ' (' || kept.product_name || ', size ' || kept.variant_size || '); '
-        || 'that variant: ' || kept.demand_count || kept.demand_text
-        || ', at least ' || kept.demand_threshold || ' needed'
-        || coalesce('; it superseded ' || superseded.superseded_text || ' of the window', '') as kept_text,
+        considered.activity_text
+        || ' at ' || to_char(considered.activity_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
+        || ' (' || considered.product_name || ', size ' || considered.variant_size || '); '
+        || 'that variant: ' || considered.demand_count || considered.demand_text
+        || ', at least ' || considered.demand_threshold || ' needed'
+        || coalesce('; it superseded ' || considered.superseded_text || ' of the window', '') as kept_text,
         activity_window.window_text
     from users
     cross join activity_window
-    left join kept on users.user_id = kept.user_id
-    left join superseded on users.user_id = superseded.user_id
-    left join audience on users.user_id = audience.user_id
+    left join considered on users.user_id = considered.user_id
 
 ),
 

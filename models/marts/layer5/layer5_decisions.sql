@@ -36,7 +36,7 @@ decided as (
         audience.top_target_shoe,
         audience.top_target_shoe_variantid,
         sign_up_window.window_text,
-        extract(epoch from sign_up_window.as_of - users.created_at) / 3600 as age_hours,
+        sign_up_window.as_of - users.created_at as age,
         case
             when not users.is_live then 'deleted'
             when users.first_name is null then 'no_first_name'
@@ -72,9 +72,11 @@ described as (
     select
         *,
         case
-            when age_hours < 0 then 'signs up after as_of'
-            when age_hours < 48 then 'signed up ' || to_char(age_hours, 'FM999990.0') || ' hours ago'
-            else 'signed up ' || to_char(age_hours / 24, 'FM999999990.0') || ' days ago'
+            -- intervals compare cheaply; the numeric hours are computed once, for the text
+            when age < interval '0 hours' then 'signs up after as_of'
+            when age < interval '48 hours'
+                then 'signed up ' || to_char(extract(epoch from age) / 3600, 'FM999990.0') || ' hours ago'
+            else 'signed up ' || to_char(extract(epoch from age) / 3600 / 24, 'FM999999990.0') || ' days ago'
         end as age_text,
         case
             when new_user_level is null or new_user_level < 3 then ''
