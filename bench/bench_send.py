@@ -434,6 +434,7 @@ def run_one(args: argparse.Namespace, workers: int, batch: int, attempt: int, ex
             "SENDER_SCHEMA": args.sender_schema,
             "FCM_EMULATOR_HOST": f"127.0.0.1:{port}",
             "DBT_TARGET_PATH": args.target_path,
+            "DBT_SCHEMA": args.dbt_schema,  # should the sender parse the project again, the same relations
         }
         shown = ["sender", *command[1:]]
         if args.py_spy:  # profiling only: the process tree then includes py-spy itself
@@ -445,7 +446,7 @@ def run_one(args: argparse.Namespace, workers: int, batch: int, attempt: int, ex
             shown = ["py-spy", *profile, "--", *shown]
         result["command"] = (
             f"SENDER_SCHEMA={args.sender_schema} FCM_EMULATOR_HOST=127.0.0.1:{port} "
-            f"DBT_TARGET_PATH={args.target_path} " + " ".join(shown)
+            f"DBT_TARGET_PATH={args.target_path} DBT_SCHEMA={args.dbt_schema} " + " ".join(shown)
         )
         print(f"\n== {label}: {result['command']} (load {result['load_before']})", flush=True)
         with (folder / "sender.log").open("w") as log:
@@ -661,6 +662,7 @@ def main() -> None:
     parser.add_argument("--database", default="bench_1m", help="embedded database (ignored with PGHOST)")
     parser.add_argument("--target-path", default="target-bench", help="dbt artifacts of bench_audiences.py")
     parser.add_argument("--sender-schema", default="bench_sender", help="SENDER_SCHEMA: the ledger")
+    parser.add_argument("--dbt-schema", default="bench_audiences", help="DBT_SCHEMA of bench_audiences.py's build")
     parser.add_argument("--campaign", default="layer2-trending")
     parser.add_argument("--step", default="top2-10")
     parser.add_argument(
@@ -700,6 +702,7 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
 
     ensure_environment(args.database)
+    os.environ["DBT_SCHEMA"] = args.dbt_schema  # --plan-only reads the campaigns in this process
     target = PROJECT / args.target_path
     if not (target / "manifest.json").exists():
         raise SystemExit(f"no {target / 'manifest.json'}: run bench/bench_audiences.py first")
