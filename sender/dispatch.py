@@ -4,7 +4,7 @@ Posting is CPU-bound, so batches go to a pool of worker processes, each with its
 App (credentials, message encoding) and an `fcm_client.Transport` (urllib3, CONCURRENCY connections
 and as many threads: FCM's latency, not our CPU, sets how many requests must be in flight). A worker
 sends one batch, one request per message as `send_each` would (same requests, same answers, same
-exceptions, for about a quarter of its CPU), and returns one Outcome per message. Every failure falls
+exceptions, for 40 % of its CPU: bench/README.md), and returns one Outcome per message. Every failure falls
 in one class (DELIVERY.md, "Failures and recovery"; `classify`):
 
 - token      UNREGISTERED; INVALID_ARGUMENT that FCM attributes to the token -> invalid_token
