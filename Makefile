@@ -19,7 +19,7 @@ db_env = eval "$$($(BIN)/sender db-env --embedded-database $(1))"
 # waits (up to 10 s) until something listens on 127.0.0.1:$(1)
 wait_for_port = for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && break; sleep 0.2; done
 
-.PHONY: install demo test lint clean diff
+.PHONY: install demo test lint clean diff bench
 
 install: $(VENV)/.installed profiles.yml
 
@@ -105,6 +105,12 @@ diff: install
 	echo "building the working tree into $(DIFF_SCHEMA)" >&2 && export DBT_TARGET_PATH=target-$(DIFF_SCHEMA) && \
 	DBT_SCHEMA=$(DIFF_SCHEMA) $(BIN)/dbt build --quiet --full-refresh --vars "$$dbt_vars" && \
 	$(BIN)/sender diff --base-schema $(BASE) --schema $(DIFF_SCHEMA) $(DIFF_ARGS)
+
+# make bench: every benchmark at 10k, 100k and 1M users, one table in bench/results/table.md (bench/README.md;
+# about 10 minutes; not part of make test). On a shared machine: make bench BENCH_ARGS="--lock /path/to/lockfile".
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python bench/bench_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf target target-* logs demo-output exports

@@ -2,30 +2,41 @@
 
     .venv/bin/python bench/bench_audiences.py                 # 1,000,000 users into database bench_1m
     .venv/bin/python bench/bench_audiences.py --reuse         # keep the source data already loaded
+    .venv/bin/python bench/bench_audiences.py --users 100000 --lock /tmp/bench.lock
 
 1. Loads sample data (`sender sample-data`, with the test users) into --source-schema, unless
-   --reuse is given and the schema already has the source tables.
-2. `dbt build --full-refresh` (models, seeds and every test) into --dbt-schema, artifacts in
-   --target-path; then `dbt run --full-refresh` (models only). For each: wall time, per-node
-   execution times from run_results.json (the slowest --top), and the statuses.
+   --reuse is given and the schema already has the source tables. Then VACUUM ANALYZE of the source
+   tables (untimed), as autovacuum keeps a production database: index-only scans need it, and an
+   autovacuum of the fresh tables would otherwise run during the timed phases.
+2. `dbt parse` (untimed: dbt's partial parsing, as in production, where the project does not change
+   between runs), then `dbt build --full-refresh` (models, seeds and every test) into --dbt-schema,
+   artifacts in --target-path; then `dbt run --full-refresh` (models only). For each: wall time,
+   per-node execution times from run_results.json (the slowest --top), and the statuses.
 3. Audience sizes: rows, users and device tokens of every mart model.
 4. `sender export --all`: wall time, files, rows and sizes.
 5. Every model slower than --explain-over seconds in the `dbt run`: EXPLAIN (ANALYZE, BUFFERS) of
    its compiled SQL, saved under --results, with the plan nodes that took the most time.
 
-Load averages (os.getloadavg) are recorded before and after each phase; the machine is shared, so
-repeat a figure taken under load. A JSON file with every figure goes to --results.
-Exit status 1 when dbt, the export or a check fails.
+Each timed phase records the load averages (os.getloadavg) before and after, and the CPU seconds
+of the command (its process tree) and of the PostgreSQL processes serving the database (backends
+and their parallel workers; 0 when the server is not on this machine): on a shared machine the wall
+time varies with the others' load, the CPU seconds much less. With --lock FILE each timed phase
+holds an exclusive lock on FILE (flock), so that benchmarks sharing a machine never overlap.
+A JSON file with every figure goes to --results. Exit status 1 when dbt, the export or a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,23 +55,84 @@ def load() -> str:
     return "/".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+class PostgresCpu(threading.Thread):
+    """Samples (every 20 ms) the CPU seconds of the PostgreSQL processes serving `database` on this machine."""
+
+    def __init__(self, database: str) -> None:
+        super().__init__(daemon=True)
+        self.prefix = f"postgres: {os.environ.get('PGUSER', 'postgres')} {database} "
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.done = threading.Event()
+        self.sampling = False  # the first sample: processes already running count from their current CPU
+
+    @staticmethod
+    def cpu_and_command(pid: str) -> tuple[float, str] | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), command
+
+    def sample(self) -> None:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            found = self.cpu_and_command(pid)
+            if found is None:
+                continue
+            cpu, command = found
+            leader = re.match(r"postgres: parallel worker for PID (\d+)", command)
+            if command.startswith(self.prefix) or (leader and int(leader.group(1)) in self.first):
+                self.first.setdefault(int(pid), 0.0 if self.sampling else cpu)  # a new process: all its CPU
+                self.last[int(pid)] = cpu
+        self.sampling = True
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.sample()
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        self.sample()
+        return round(sum(self.last[pid] - self.first[pid] for pid in self.last), 2)
+
+
 class Phase:
-    """Times a phase and records the load averages around it."""
+    """Times a phase (holding --lock, if given) with the load averages and the CPU seconds around it."""
 
     def __init__(self, results: dict, name: str) -> None:
         self.results, self.name = results, name
+        self.lock_path = results["args"].get("lock")
 
     def __enter__(self) -> dict:
+        if self.lock_path:
+            self.lock = open(self.lock_path, "a")  # noqa: SIM115 (closed in __exit__)
+            fcntl.flock(self.lock, fcntl.LOCK_EX)
         print(f"\n== {self.name} (load {load()})", flush=True)
         self.entry = {"load_before": load()}
+        self.postgres_cpu = PostgresCpu(self.results["database"])
+        self.postgres_cpu.start()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.command_cpu = usage.ru_utime + usage.ru_stime
         self.start = time.perf_counter()
         return self.entry
 
     def __exit__(self, *exc: object) -> None:
         self.entry["seconds"] = round(time.perf_counter() - self.start, 2)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.entry["cpu_command_s"] = round(usage.ru_utime + usage.ru_stime - self.command_cpu, 2)
+        self.entry["cpu_postgres_s"] = self.postgres_cpu.stop()
         self.entry["load_after"] = load()
+        if self.lock_path:
+            self.lock.close()
         self.results["phases"][self.name] = self.entry
-        print(f"   {self.name}: {self.entry['seconds']:.1f} s (load after {self.entry['load_after']})", flush=True)
+        print(
+            f"   {self.name}: {self.entry['seconds']:.1f} s (CPU: command {self.entry['cpu_command_s']} s, "
+            f"PostgreSQL {self.entry['cpu_postgres_s']} s; load after {self.entry['load_after']})",
+            flush=True,
+        )
 
 
 def run_command(command: list[str], env: dict[str, str], log: Path) -> int:
@@ -257,6 +329,18 @@ def explain(conn, args: argparse.Namespace, model: str, path: Path) -> dict:
     }
 
 
+def vacuum_source(schema: str) -> None:
+    """VACUUM ANALYZE every table of the source schema (untimed), as autovacuum keeps production tables."""
+    start = time.perf_counter()
+    with connect(autocommit=True) as conn:
+        tables = conn.execute(
+            "select tablename from pg_tables where schemaname = %s order by tablename", (schema,)
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(sql.SQL("vacuum analyze {}").format(sql.Identifier(schema, table)))
+    print(f"   vacuum analyze of {len(tables)} source tables: {time.perf_counter() - start:.1f} s (untimed)")
+
+
 def source_loaded(conn, schema: str) -> bool:
     return all(relation_exists(conn, schema, t) for t in ("users", "device_tokens", "offers", "inventory_items"))
 
@@ -280,6 +364,7 @@ def main() -> None:
     parser.add_argument(
         "--explain-over", type=float, default=20.0, help="EXPLAIN ANALYZE models slower than this (s); 0: none"
     )
+    parser.add_argument("--lock", help="hold an exclusive flock on this file during each timed phase")
     parser.add_argument("--results", type=Path, default=PROJECT / "bench" / "results" / "audiences")
     args = parser.parse_args()
     args.results = args.results.resolve()
@@ -294,8 +379,14 @@ def main() -> None:
     }
     results["phases"] = {}
     results["cpus"] = os.cpu_count()
+    results["database"] = os.environ.get("PGDATABASE", "")
+    with connect(autocommit=True) as conn:
+        results["postgres_version"] = conn.execute("show server_version").fetchone()[0]
     ok = True
-    print(f"database {os.environ.get('PGDATABASE')}, source {args.source_schema}, models {args.dbt_schema}")
+    print(
+        f"database {results['database']} (PostgreSQL {results['postgres_version']}), source {args.source_schema}, "
+        f"models {args.dbt_schema}"
+    )
 
     with connect(autocommit=True) as conn:
         loaded = source_loaded(conn, args.source_schema)
@@ -315,6 +406,10 @@ def main() -> None:
             sql.SQL("select count(*) from {}").format(sql.Identifier(args.source_schema, "users"))
         ).fetchone()[0]
     print(f"   {results['source_users']:,} users in {args.source_schema}")
+    vacuum_source(args.source_schema)
+    print("\n== dbt parse (untimed)", flush=True)
+    if run_command([str(BIN / "dbt"), "parse", "--target-path", args.target_path], env, args.results / "dbt-parse.log"):
+        sys.exit(1)
 
     if not args.skip_build:
         ok &= dbt(args, env, results, "build")
@@ -351,8 +446,8 @@ def main() -> None:
     for name, phase in results["phases"].items():
         extra = f", nodes {phase['statuses']}" if "statuses" in phase else ""
         print(
-            f"   {name:<22} {phase['seconds']:>8.1f} s  load {phase['load_before']} -> {phase['load_after']}"
-            f"  exit {phase.get('exit_code')}{extra}"
+            f"   {name:<22} {phase['seconds']:>8.1f} s  CPU {phase['cpu_command_s']} + {phase['cpu_postgres_s']} s"
+            f"  load {phase['load_before']} -> {phase['load_after']}  exit {phase.get('exit_code')}{extra}"
         )
     export_phase = results["phases"]["sender export --all"]
     print(f"   export: {len(export_phase['files'])} files, {export_phase['total_bytes'] / 1e6:.1f} MB")
