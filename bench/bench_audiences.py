@@ -296,11 +296,15 @@ def plan_nodes(plan: dict, depth: int = 0) -> list[dict]:
     return [node] + [n for c in children for n in plan_nodes(c, depth + 1)]
 
 
-def explain(conn, args: argparse.Namespace, model: str, path: Path) -> dict:
+def explain(conn, args: argparse.Namespace, model: str, path: Path, pre_hooks: list[str]) -> dict:
+    """EXPLAIN ANALYZE of a compiled model, in a transaction that first runs its pre-hooks (`set local ...`)."""
     compiled = path.read_text()
     print(f"   EXPLAIN (ANALYZE, BUFFERS) {model} ({path.relative_to(PROJECT)})", flush=True)
     start = time.perf_counter()
-    plan = conn.execute(sql.SQL("explain (analyze, buffers, format json) ") + sql.SQL(compiled)).fetchone()[0][0]
+    with conn.transaction():
+        for hook in pre_hooks:
+            conn.execute(sql.SQL(hook))
+        plan = conn.execute(sql.SQL("explain (analyze, buffers, format json) ") + sql.SQL(compiled)).fetchone()[0][0]
     seconds = time.perf_counter() - start
     (args.results / f"explain-{model}.json").write_text(json.dumps(plan, indent=1))
     nodes = plan_nodes(plan["Plan"])
@@ -433,7 +437,8 @@ def main() -> None:
             for node in slow:
                 model = manifest["nodes"][node["unique_id"]]
                 path = target / "compiled" / model["package_name"] / model["original_file_path"]
-                results["explain"].append(explain(conn, args, model["name"], path))
+                hooks = [h["sql"] for h in model["config"].get("pre-hook", []) if "{" not in h["sql"]]
+                results["explain"].append(explain(conn, args, model["name"], path, hooks))
 
     results["ok"] = bool(ok)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -47,13 +47,13 @@ thresholds as materialized (
 
 ),
 
--- The holders of a trending product with the audience's decision, one row per user, so that every user
--- is looked up once below. A full join: an audience user without a match would still show (unexplained).
+-- The holders of a trending product with the audience's decision, one row per holder, so that every
+-- user is looked up once below. (The audience is a subset of the holder matches; a user of the audience
+-- without a match would fail the agrees_with_audiences test.)
 matched as (
 
     select
-        coalesce(holder_matches.user_id, audience.user_id) as user_id,
-        holder_matches.user_id as holder_id,
+        holder_matches.user_id,
         holder_matches.product_name,
         holder_matches.variant_id,
         holder_matches.variant_size,
@@ -62,7 +62,7 @@ matched as (
         holder_matches.wishlist_count,
         audience.trending_rank as included_rank
     from holder_matches
-    full outer join audience on holder_matches.user_id = audience.user_id
+    left join audience on holder_matches.user_id = audience.user_id
 
 ),
 
@@ -84,7 +84,7 @@ decided as (
             when not users.is_live then 'deleted'
             when user_activities.last_active is null or user_activities.last_active < thresholds.active_since
                 then 'inactive'
-            when matched.holder_id is null then 'no_trending_product'
+            when matched.user_id is null then 'no_trending_product'
             when matched.wishlist_count < thresholds.demand_threshold then 'below_demand_threshold'
         end as failed_condition,
         'holds the ' || matched.trending_rank_label || ' trending product, ' || matched.product_name

@@ -118,13 +118,13 @@ kept as (
 ),
 
 -- Every user with an activity in the window: the kept one, what it superseded and the audience's
--- decision, one row per user, so that every user is looked up once below. Full joins: a user of the
--- audience without a kept activity would still show (as unexplained).
+-- decision, one row per user, so that every user is looked up once below. (Users with superseded
+-- activities and the audience are subsets of the users with a kept activity; a user of the audience
+-- without one would fail the agrees_with_audiences test.)
 considered as (
 
     select
-        coalesce(kept.user_id, superseded.user_id, audience.user_id) as user_id,
-        kept.user_id as kept_user_id,
+        kept.user_id,
         kept.activity_type,
         kept.activity_at,
         kept.product_name,
@@ -138,8 +138,8 @@ considered as (
         superseded.superseded_text,
         audience.activity_type as included_as
     from kept
-    full outer join superseded on kept.user_id = superseded.user_id
-    full outer join audience on coalesce(kept.user_id, superseded.user_id) = audience.user_id
+    left join superseded on kept.user_id = superseded.user_id
+    left join audience on kept.user_id = audience.user_id
 
 ),
 
@@ -157,7 +157,7 @@ decided as (
         considered.included_as,
         case
             when not users.is_live then 'deleted'
-            when considered.kept_user_id is null then 'no_activity_in_window'
+            when considered.user_id is null then 'no_activity_in_window'
             when considered.demand_count < considered.demand_threshold then 'below_demand_threshold'
         end as failed_condition,
         considered.activity_text
