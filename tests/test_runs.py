@@ -233,7 +233,7 @@ def test_pause_mid_run_stops_it(runner):
 @pytest.mark.parametrize("phase", ["test", "window", "live"])
 def test_kill_9_in_each_phase_then_the_same_command_completes_the_run(runner, db, phase):
     runner.sender.emulator.configure({"latency_ms": 60})
-    timeline = Timeline(8)
+    timeline = Timeline(30 if phase == "window" else 8)  # a window long enough to be seen, even under load
     proc = runner.start(*timeline.args(), "--batch-size", "2", "--workers", "1")
     if phase == "test":
         runner.wait_for(lambda: len(runner.messages()[0]) >= 2, proc)
