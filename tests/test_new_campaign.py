@@ -23,9 +23,9 @@ from psycopg import sql
 
 from tests.conftest import AS_OF, PROJECT_DIR, SOURCE_SCHEMA, run_cli
 from tests.sending import ALEX, ALL_TEST_TOKENS, JORDAN, SAM, TEST_TOKENS, assert_ok, tokens_of
+from tests.test_campaigns import copy_project as copy_dbt_files
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "new_campaign"
-DBT_FILES = ("dbt_project.yml", "profiles.yml", "models", "macros", "seeds", "tests/dbt")
 CAMPAIGN, STEP = "layer4-wishlist-nudge", "wishlist-in-stock"
 EXPOSURE = MODEL = "layer4_wishlist_nudge"
 YAML = "models/marts/layer4/_layer4__models.yml"
@@ -42,15 +42,7 @@ OTHER_CAMPAIGNS = re.compile(r"model\.push_audiences\.(int_)?layer[235]_")
 def copy_project(target: Path) -> None:
     """The dbt files of the project, then the fixture: the model and its YAML in models/marts/layer4/, the
     singular test in tests/dbt/ (dbt_project.yml's test-paths)."""
-    for name in DBT_FILES:
-        path = PROJECT_DIR / name
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            shutil.copytree(path, target / name)
-        elif path.is_file():
-            shutil.copy2(path, target / name)
-    if not (target / "profiles.yml").exists():
-        shutil.copy2(PROJECT_DIR / "profiles.example.yml", target / "profiles.yml")
+    copy_dbt_files(PROJECT_DIR, target)
     (target / "models/marts/layer4").mkdir()
     (target / "tests/dbt").mkdir(parents=True, exist_ok=True)
     for name in (f"{MODEL}.sql", "_layer4__models.yml"):
