@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
-from sender import campaigns, config, database, export, fcm_emulator, sample_data, send
+from sender import campaigns, config, database, export, sample_data, send
 from sender.errors import ExitCode, UserError
 from sender.interrupts import Interrupted, Stop
 
@@ -481,6 +481,8 @@ def fcm_emulator_command(
     /emulator/messages) and answers with FCM's real errors when told to (POST /emulator/config).
     """
     try:
+        from sender import fcm_emulator
+
         fcm_emulator.run_forever(host, port, str(record) if record else None)
     except (OSError, ValueError) as exc:
         run(_raise, f"cannot start the FCM emulator on {host}:{port}: {exc}")

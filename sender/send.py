@@ -29,13 +29,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import jinja2.meta
 import jinja2.nodes
 import psycopg
 from psycopg import sql
 
-from sender import audiences, dispatch, schedule
+from sender import audiences, schedule
 from sender.campaigns import Campaign, Step, find_step
 from sender.config import Config
 from sender.errors import ExitCode, UserError
@@ -43,6 +44,9 @@ from sender.interrupts import Interrupted, Stop
 from sender.ledger import Caps, Counts, Ledger, try_lock_campaign
 from sender.render import ENV as RENDER_ENV
 from sender.render import Copy, Rendered, TemplateError, compile_copy
+
+if TYPE_CHECKING:
+    from sender import dispatch
 
 MODES = ("test-dry-run", "test-live", "live-dry-run", "live")
 MAX_RUN_KEY = 200
@@ -152,6 +156,8 @@ def _current_send_at(campaign: Campaign, now: datetime) -> datetime:
 
 
 def fcm_settings(config: Config) -> dispatch.FcmSettings:
+    from sender import dispatch  # here: firebase-admin takes a third of a second to import
+
     return dispatch.FcmSettings(config.fcm_emulator_host, config.fcm_project_id, config.credentials_file)
 
 
@@ -429,6 +435,8 @@ def _deliver(sending: _Sending, step: str) -> None:
         if halted:
             raise halted
         return
+    from sender import dispatch
+
     if not sending.checked_fcm:
         cause = dispatch.preflight(sending.fcm)
         if cause:
