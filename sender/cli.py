@@ -724,5 +724,53 @@ def _raise(message: str) -> None:
     raise UserError(message)
 
 
+spark_app = typer.Typer(
+    help="The models on Apache Spark (make test-spark): load the source tables, compare the marts.",
+    no_args_is_help=True,
+)
+app.add_typer(spark_app, name="spark")
+SparkTarget = Annotated[str, typer.Option("--target", help="The dbt profile target of the Spark session.")]
+
+
+@spark_app.command("load")
+def spark_load_command(
+    ctx: typer.Context,
+    source_schema: Annotated[str, typer.Option("--source-schema", help="PostgreSQL schema of the source tables.")],
+    spark_database: Annotated[str, typer.Option("--database", help="Spark database to copy them into (replaced).")],
+    target: SparkTarget = "spark",
+) -> None:
+    """Copy the source tables (source_schema.sql; device tokens as var device_tokens names them) from PostgreSQL
+    into Spark parquet tables, types mapped explicitly (uuid and jsonb as strings, timestamptz as timestamps)."""
+    from sender import spark
+
+    cfg: config.Config = ctx.obj
+    parameters = run(spark.spark_parameters, cfg.project_dir, cfg.profiles_dir, target)
+    tables = run(spark.source_tables, cfg.project_dir)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        session = run(spark.session, parameters)
+        run(spark.load, conn, session, source_schema, spark_database, tables, log)
+
+
+@spark_app.command("compare")
+def spark_compare_command(
+    ctx: typer.Context,
+    pg_schema: Annotated[str, typer.Option("--pg-schema", help="PostgreSQL schema of the models (DBT_SCHEMA).")],
+    spark_database: Annotated[str, typer.Option("--database", help="Spark database of the same models.")],
+    target: SparkTarget = "spark",
+) -> None:
+    """Every audience mart and decisions model on Spark vs PostgreSQL, row for row (all columns as text,
+    timestamps in UTC). Exit 3 if any differs."""
+    from sender import spark
+
+    cfg: config.Config = ctx.obj
+    parameters = run(spark.spark_parameters, cfg.project_dir, cfg.profiles_dir, target)
+    with run(database.connect, True, cfg.embedded_db_dir) as conn:
+        session = run(spark.session, parameters)
+        lines, same = run(spark.compare, conn, session, pg_schema, spark_database, spark.mart_models(cfg.project_dir))
+    typer.echo("\n".join(lines))
+    if not same:
+        fail("the models differ between Spark and PostgreSQL (above)", spark.COMPARE_EXIT_CODE)
+
+
 if __name__ == "__main__":
     app()
