@@ -10,6 +10,12 @@
     A view has nothing to analyze.
 -#}
 {% macro analyze_table() -%}
+    {{ return(adapter.dispatch('analyze_table')()) }}
+{%- endmacro %}
+{#- Other warehouses: nothing (Spark has no planner statistics to refresh here). -#}
+{% macro default__analyze_table() -%}
+{%- endmacro %}
+{% macro postgres__analyze_table() -%}
     {%- if config.get('materialized') == 'table' -%}
         alter table {{ this }} set (autovacuum_enabled = false)
         {%- if not this.identifier.endswith('_decisions') %};

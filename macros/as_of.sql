@@ -1,7 +1,7 @@
 {#- The reference time of every audience: var as_of, or the start of this dbt invocation. -#}
 {% macro as_of() -%}
     {%- set value = var('as_of') or run_started_at.isoformat() -%}
-    cast('{{ value }}' as timestamptz)
+    {{ timestamp_literal(value) }}
 {%- endmacro %}
 
 {#-
@@ -9,5 +9,5 @@
     A day is exactly 24 hours, whatever the session time zone (no daylight-saving shifts).
 -#}
 {% macro as_of_minus(days=0, hours=0) -%}
-    ({{ as_of() }} - make_interval(hours => {{ days }} * 24 + {{ hours }}))
+    ({{ as_of() }} - {{ hours_interval(days ~ ' * 24 + ' ~ hours) }})
 {%- endmacro %}

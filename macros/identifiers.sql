@@ -15,7 +15,16 @@
     {%- if name is not string or name == '' -%}
         {{ exceptions.raise_compiler_error(what ~ ' must be a non-empty name, got ' ~ shown(name)) }}
     {%- endif -%}
+    {{- adapter.dispatch('quoted_name')(name) -}}
+{%- endmacro %}
+
+{% macro default__quoted_name(name) -%}
     "{{ name | replace('"', '""') }}"
+{%- endmacro %}
+
+{#- Spark quotes names with backticks (a double-quoted name would be a string). -#}
+{% macro spark__quoted_name(name) -%}
+    `{{ name | replace('`', '``') }}`
 {%- endmacro %}
 
 {% macro check_relation_name(name, what) -%}

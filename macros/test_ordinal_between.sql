@@ -8,7 +8,7 @@ with
 
 labels as (
     select {{ ordinal('numbers.n') }} as label
-    from generate_series({{ min_value }}, {{ max_value }}) as numbers (n)
+    from {{ integer_series(min_value, max_value) }} as numbers (n)
 ),
 
 final as (

@@ -23,11 +23,13 @@ final as (
         holder_matches.trending_rank_label,
         cast(holder_matches.wishlist_count as integer) as wishlist_count,
         holder_matches.last_active_text,
-        row_number() over (
-            order by
-                holder_matches.trending_rank asc,
-                holder_matches.wishlist_count desc,
-                holder_matches.user_id asc
+        cast(
+            row_number() over (
+                order by
+                    holder_matches.trending_rank asc,
+                    holder_matches.wishlist_count desc,
+                    holder_matches.user_id asc
+            ) as bigint
         ) as export_order
     from holder_matches
     where holder_matches.wishlist_count >= {{ var('min_demand') }}

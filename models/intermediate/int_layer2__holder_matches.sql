@@ -7,7 +7,7 @@
 -- Hash joins only: PostgreSQL estimates the items of the trending variants as if they were average
 -- variants (about 70 items each) and looks them up one variant at a time in the index, but a trending
 -- variant has thousands (330,000 open items at 1M users): one scan of inventory_items is 3x cheaper.
-{{ config(pre_hook="set local enable_nestloop = off") }}
+{{ config(pre_hook="{{ planner_setting('enable_nestloop', 'off') }}") }}
 
 with
 

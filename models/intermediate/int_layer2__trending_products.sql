@@ -44,7 +44,7 @@ ranked as (
     select
         *,
         row_number() over (
-            order by offer_count desc, product_name collate "C" asc, product_id asc
+            order by offer_count desc, {{ bytewise('product_name') }} asc, product_id asc
         ) as trending_rank
     from offer_counts
 

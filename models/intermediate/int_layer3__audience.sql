@@ -64,7 +64,7 @@ final as (
 
     select
         *,
-        row_number() over (order by activity_at desc, user_id asc) as export_order
+        cast(row_number() over (order by activity_at desc, user_id asc) as bigint) as export_order
     from with_demand
 
 )

@@ -35,8 +35,10 @@ final as (
         profiles.first_name,
         levels.new_user_level,
         coalesce(target_shoes.top_target_shoe, '') as top_target_shoe,
-        coalesce(cast(target_shoes.top_target_shoe_variant_id as text), '') as top_target_shoe_variantid,
-        row_number() over (order by new_users.signed_up_at desc, new_users.user_id asc) as export_order
+        coalesce(
+            cast(target_shoes.top_target_shoe_variant_id as {{ data_type('text') }}), ''
+        ) as top_target_shoe_variantid,
+        cast(row_number() over (order by new_users.signed_up_at desc, new_users.user_id asc) as bigint) as export_order
     from new_users
     inner join levels on new_users.user_id = levels.user_id
     inner join profiles on new_users.user_id = profiles.user_id

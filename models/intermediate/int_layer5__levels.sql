@@ -32,25 +32,19 @@ wishlist_items as (
 
 ),
 
+-- has_*: whether a row exists (macros/portable.sql: exists() in PostgreSQL, evaluated only for the users
+-- whose level depends on it; a lateral lookup on Spark)
 onboarding_steps as (
 
-    select
-        new_users.user_id,
-        new_users.signed_up_at,
-        exists(
-            select 1 from inventory_items
-            where inventory_items.user_id = new_users.user_id
-        ) as has_shoes,
-        coalesce(trim(new_users.bio), '') != '' as has_bio,
-        exists(
-            select 1 from offers
-            where offers.creator_user_id = new_users.user_id
-        ) as has_offers,
-        exists(
-            select 1 from wishlist_items
-            where wishlist_items.user_id = new_users.user_id and wishlist_items.is_live
-        ) as has_wishlist
-    from new_users
+    {{ select_with_row_flags(
+        columns=['new_users.user_id', 'new_users.signed_up_at', "coalesce(trim(new_users.bio), '') != '' as has_bio"],
+        from_relation='new_users',
+        flags={
+            'has_shoes': ('inventory_items', 'inventory_items.user_id = new_users.user_id'),
+            'has_offers': ('offers', 'offers.creator_user_id = new_users.user_id'),
+            'has_wishlist': ('wishlist_items', 'wishlist_items.user_id = new_users.user_id and wishlist_items.is_live'),
+        },
+    ) }}
 
 ),
 

@@ -18,7 +18,7 @@ levels as (
 ),
 
 -- not materialized: read in the lateral lookups, where each row must be found by its index
-variants as not materialized (
+variants as {{ cte_hint('not materialized') }} (
 
     select * from {{ ref('int_variants') }}
 

@@ -37,7 +37,7 @@ audience as (
 ),
 
 -- materialized: one row, computed once (inlined, its expressions would run for every user)
-thresholds as materialized (
+thresholds as {{ cte_hint('materialized') }} (
 
     select
         {{ as_of() }} as as_of,
@@ -95,7 +95,9 @@ decided as (
             when user_activities.last_active is null then 'never active (no last_active)'
             else
                 'last active '
-                || to_char(extract(epoch from thresholds.as_of - user_activities.last_active) / 86400, 'FM999999990.0')
+                || {{ one_decimal_text(
+                    interval_seconds('thresholds.as_of - user_activities.last_active') ~ ' / 86400'
+                ) }}
                 || ' days ago, more than ' || {{ var('activity_days') }} || ' days'
         end as inactive_text,
         'holds none of the ' || thresholds.trending_products || ' trending products open for trade'

@@ -11,12 +11,12 @@ final as (
     select
         user_id,
         username,
-        first_name as "firstName",
+        first_name as {{ adapter.quote('firstName') }},
         usersize,
         relevant_variant_size,
         product_name,
-        variant_id as "variantID",
-        last_active_text as "lastActive",
+        variant_id as {{ adapter.quote('variantID') }},
+        last_active_text as {{ adapter.quote('lastActive') }},
         wishlist_count,
         export_order
     from audience

@@ -38,16 +38,13 @@ variant_demand as (
 ),
 
 -- materialized: one row, computed once (inlined, its to_char calls would run for every user)
-activity_window as materialized (
+activity_window as {{ cte_hint('materialized') }} (
 
     select
         'no closet add (open for trade), wishlist add or offer from '
-        || to_char(
-            {{ as_of_minus(hours=var('lookback_hours') - var('cooling_hours')) }} at time zone 'UTC',
-            'YYYY-MM-DD HH24:MI'
-        )
+        || {{ utc_minute_text(as_of_minus(hours=var('lookback_hours') - var('cooling_hours'))) }}
         || ' to '
-        || to_char({{ as_of_minus(hours=var('cooling_hours')) }} at time zone 'UTC', 'YYYY-MM-DD HH24:MI')
+        || {{ utc_minute_text(as_of_minus(hours=var('cooling_hours'))) }}
         || ' UTC' as window_text
 
 ),
@@ -70,16 +67,17 @@ superseded as (
     select
         user_id,
         cast(sum(activity_count) as integer) as superseded_activities,
-        string_agg(
-            activity_count || ' '
+        {{ string_agg_ordered(
+            "activity_count || ' '
             || case
                 when activity_type = 'offer_created' then 'offer'
                 when activity_type = 'closet_add' then 'closet add'
                 else 'wishlist add'
             end
-            || case when activity_count > 1 then 's' else '' end,
-            ', ' order by activity_type
-        ) as superseded_text
+            || case when activity_count > 1 then 's' else '' end",
+            "', '",
+            "activity_type",
+        ) }} as superseded_text
     from superseded_by_type
     group by user_id
 
@@ -161,7 +159,7 @@ decided as (
             when considered.demand_count < considered.demand_threshold then 'below_demand_threshold'
         end as failed_condition,
         considered.activity_text
-        || ' at ' || to_char(considered.activity_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
+        || ' at ' || {{ utc_minute_text('considered.activity_at', with_utc=true) }}
         || ' (' || considered.product_name || ', size ' || considered.variant_size || '); '
         || 'that variant: ' || considered.demand_count || considered.demand_text
         || ', at least ' || considered.demand_threshold || ' needed'

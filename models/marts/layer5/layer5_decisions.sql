@@ -73,10 +73,12 @@ described as (
         *,
         case
             -- intervals compare cheaply; the numeric hours are computed once, for the text
-            when age < interval '0 hours' then 'signs up after as_of'
-            when age < interval '48 hours'
-                then 'signed up ' || to_char(extract(epoch from age) / 3600, 'FM999990.0') || ' hours ago'
-            else 'signed up ' || to_char(extract(epoch from age) / 3600 / 24, 'FM999999990.0') || ' days ago'
+            when age < {{ interval_literal_hours(0) }} then 'signs up after as_of'
+            when age < {{ interval_literal_hours(48) }}
+                then
+                    'signed up ' || {{ one_decimal_text(interval_seconds('age') ~ ' / 3600', 'FM999990.0') }}
+                    || ' hours ago'
+            else 'signed up ' || {{ one_decimal_text(interval_seconds('age') ~ ' / 3600 / 24') }} || ' days ago'
         end as age_text,
         case
             when new_user_level is null or new_user_level < 3 then ''

@@ -11,7 +11,7 @@ final as (
     select
         user_id,
         username,
-        first_name as "firstName",
+        first_name as {{ adapter.quote('firstName') }},
         new_user_level,
         export_order
     from audience
