@@ -107,9 +107,9 @@ diff: install
 	$(BIN)/sender diff --base-schema $(BASE) --schema $(DIFF_SCHEMA) $(DIFF_ARGS)
 
 # make test-spark: the models on Apache Spark in local mode (README, "Beyond one machine"): sample data in
-# PostgreSQL, dbt build there, the source tables copied into Spark (sender spark load), dbt build --target spark
-# (models, data and unit tests), every audience mart compared row for row (sender spark compare); then both
-# sides rebuilt (dbt run) at a second as_of and compared again. Spark's settings: target spark of
+# PostgreSQL, dbt build there, then tests/spark/run.py in one process (one Spark session): the source tables
+# copied into Spark, dbt build --target spark (models, data and unit tests), every audience mart compared row
+# for row; then both sides rebuilt (dbt run) at a second as_of and compared again. Spark's settings: target spark of
 # profiles.example.yml, copied to .spark/profiles/ (an older profiles.yml may lack it); its tables in .spark/.
 SPARK_USERS ?= 2000
 SPARK_AS_OF_2 ?= 2026-11-19 06:00:00+00
@@ -123,25 +123,16 @@ $(VENV)/.installed-spark: $(VENV)/.installed
 .spark/profiles/profiles.yml: profiles.example.yml
 	mkdir -p $(@D) && cp profiles.example.yml $@
 
-spark_vars = '{source_schema: spark_source, as_of: "$(1)"}'
 test-spark: install install-spark .spark/profiles/profiles.yml
-	@$(call db_env,$(SPARK_DATABASE)) && export DBT_PROFILES_DIR=.spark/profiles DBT_SCHEMA=spark_audiences \
-	  SPARK_LOCAL_IP=127.0.0.1 && \
-	echo "== sample data ($(SPARK_USERS) users) and dbt build on PostgreSQL ($${SECONDS}s)" && \
+	@$(call db_env,$(SPARK_DATABASE)) && export DBT_PROFILES_DIR=.spark/profiles SPARK_LOCAL_IP=127.0.0.1 && \
+	echo "== sample data ($(SPARK_USERS) users) and dbt build on PostgreSQL" && \
 	$(BIN)/sender sample-data --users $(SPARK_USERS) --as-of "$(AS_OF)" --schema spark_source --replace --cascade \
 	  --test-users seeds/test_users.csv > /dev/null && \
-	DBT_TARGET_PATH=target-spark-pg $(BIN)/dbt build --quiet --full-refresh --vars $(call spark_vars,$(AS_OF)) && \
-	echo "== the source tables into Spark, .spark/ ($${SECONDS}s)" && rm -rf .spark/warehouse .spark/metastore_db && \
-	$(BIN)/sender spark load --source-schema spark_source --database spark_source && \
-	echo "== dbt build --target spark ($${SECONDS}s)" && \
-	DBT_TARGET_PATH=target-spark $(BIN)/dbt build --quiet --target spark --vars $(call spark_vars,$(AS_OF)) && \
-	echo "== Spark vs PostgreSQL at $(AS_OF) ($${SECONDS}s)" && \
-	$(BIN)/sender spark compare --pg-schema spark_audiences --database spark_audiences && \
-	echo "== dbt run on both at $(SPARK_AS_OF_2) ($${SECONDS}s)" && \
-	DBT_TARGET_PATH=target-spark-pg $(BIN)/dbt run --quiet --vars $(call spark_vars,$(SPARK_AS_OF_2)) && \
-	DBT_TARGET_PATH=target-spark $(BIN)/dbt run --quiet --target spark --vars $(call spark_vars,$(SPARK_AS_OF_2)) && \
-	echo "== Spark vs PostgreSQL at $(SPARK_AS_OF_2) ($${SECONDS}s)" && \
-	$(BIN)/sender spark compare --pg-schema spark_audiences --database spark_audiences
+	DBT_SCHEMA=spark_audiences DBT_TARGET_PATH=target-spark-pg $(BIN)/dbt build --quiet --full-refresh \
+	  --vars '{source_schema: spark_source, as_of: "$(AS_OF)"}' && \
+	rm -rf .spark/warehouse .spark/metastore_db && \
+	$(BIN)/python tests/spark/run.py --source-schema spark_source --schema spark_audiences \
+	  --as-of "$(AS_OF)" --second-as-of "$(SPARK_AS_OF_2)"
 
 # make bench: every benchmark at 10k, 100k and 1M users, one table in bench/results/table.md (bench/README.md;
 # about 10 minutes; not part of make test). On a shared machine: make bench BENCH_ARGS="--lock /path/to/lockfile".
