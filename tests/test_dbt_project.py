@@ -180,3 +180,17 @@ def test_every_layer_proves_its_guarantees_in_the_same_place(fresh, db, tmp_path
     tested = run_cli(env, "dbt", "test", "--select", selected, "--vars", dbt_vars())
     assert tested.returncode == 1, tested.stdout[-3000:]
     assert "FAIL 1 exactly_one_of_int_layer2__audience_user_id" in tested.stdout
+
+    # a decision the reasons cannot account for, or without a reason, fails every_decision_explained
+    decisions = sql.Identifier(env["DBT_SCHEMA"], "layer2_decisions")
+    db.execute(
+        sql.SQL("""
+        update {} set reason_code = case when outcome = 'included' then 'unexplained' else reason_code end,
+                      reason = case when outcome = 'excluded' then null else reason end
+        where user_id in ((select user_id from {} where outcome = 'included' limit 1)
+                          union all (select user_id from {} where outcome = 'excluded' limit 1))
+    """).format(decisions, decisions, decisions)
+    )
+    tested = run_cli(env, "dbt", "test", "--select", "test_name:every_decision_explained", "--vars", dbt_vars())
+    assert tested.returncode == 1, tested.stdout[-3000:]
+    assert re.search(r"FAIL 2 every_decision_explained_layer2_decisions", tested.stdout), tested.stdout[-3000:]
