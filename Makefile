@@ -124,13 +124,14 @@ $(VENV)/.installed-spark: $(VENV)/.installed
 	mkdir -p $(@D) && cp profiles.example.yml $@
 
 test-spark: install install-spark .spark/profiles/profiles.yml
+	@command -v java > /dev/null || test -n "$$JAVA_HOME" || { echo "make test-spark needs Java 17 or newer (java on PATH or JAVA_HOME)" >&2; exit 2; }
 	@$(call db_env,$(SPARK_DATABASE)) && export DBT_PROFILES_DIR=.spark/profiles SPARK_LOCAL_IP=127.0.0.1 && \
 	echo "== sample data ($(SPARK_USERS) users) and dbt build on PostgreSQL" && \
 	$(BIN)/sender sample-data --users $(SPARK_USERS) --as-of "$(AS_OF)" --schema spark_source --replace --cascade \
 	  --test-users seeds/test_users.csv > /dev/null && \
 	DBT_SCHEMA=spark_audiences DBT_TARGET_PATH=target-spark-pg $(BIN)/dbt build --quiet --full-refresh \
 	  --vars '{source_schema: spark_source, as_of: "$(AS_OF)"}' && \
-	rm -rf .spark/warehouse .spark/metastore_db && \
+	rm -rf "$${SPARK_DIR:-.spark}/warehouse" "$${SPARK_DIR:-.spark}/metastore_db" && \
 	$(BIN)/python tests/spark/run.py --source-schema spark_source --schema spark_audiences \
 	  --as-of "$(AS_OF)" --second-as-of "$(SPARK_AS_OF_2)"
 

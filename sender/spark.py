@@ -10,6 +10,8 @@ with an explicit schema (SPARK_TYPES).
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +81,16 @@ def session(parameters: dict[str, str]):
         from pyspark.sql import SparkSession
     except ImportError:
         raise UserError("pyspark is not installed: run `make install-spark`") from None
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise UserError("Spark needs Java 17 or newer: no `java` on PATH and JAVA_HOME is not set")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this venv's Python
     builder = SparkSession.builder.enableHiveSupport()
     for key, value in parameters.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # pyspark raises its own error types when the JVM does not start
+        raise UserError(f"Spark did not start (Java 17 or newer needed; is JAVA_HOME right?): {exc}") from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -194,3 +194,15 @@ def test_every_layer_proves_its_guarantees_in_the_same_place(fresh, db, tmp_path
     tested = run_cli(env, "dbt", "test", "--select", "test_name:every_decision_explained", "--vars", dbt_vars())
     assert tested.returncode == 1, tested.stdout[-3000:]
     assert re.search(r"FAIL 2 every_decision_explained_layer2_decisions", tested.stdout), tested.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    "as_of", ["2026-11-20 18:00:00", "2026-13-01 00:00:00+00", f"2026-11-20 18:00:00+00' as timestamptz); {INJECTION}"]
+)
+def test_an_as_of_without_offset_or_not_iso_runs_nothing(fresh, db, as_of):
+    env = fresh("pytest_dbt_as_of")
+    db.execute(sql.SQL("drop table if exists {}").format(sql.Identifier("public", INJECTED)))
+    built = run_cli(env, "dbt", "build", "--select", "int_layer5__new_users", "--vars", dbt_vars(as_of=as_of))
+    assert built.returncode != 0
+    assert "is not an ISO timestamp with an offset, e.g. 2026-11-20 18:00:00+00" in built.stdout, built.stdout[-3000:]
+    assert db.execute("select to_regclass(%s)", (f"public.{INJECTED}",)).fetchone()[0] is None
