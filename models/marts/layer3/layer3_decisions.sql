@@ -62,23 +62,30 @@ superseded_by_type as (
 
 ),
 
+superseded_counts as (
+
+    select
+        user_id,
+        activity_type,
+        activity_count,
+        activity_count || ' '
+        || case
+            when activity_type = 'offer_created' then 'offer'
+            when activity_type = 'closet_add' then 'closet add'
+            else 'wishlist add'
+        end
+        || case when activity_count > 1 then 's' else '' end as count_text
+    from superseded_by_type
+
+),
+
 superseded as (
 
     select
         user_id,
         cast(sum(activity_count) as integer) as superseded_activities,
-        {{ string_agg_ordered(
-            "activity_count || ' '
-            || case
-                when activity_type = 'offer_created' then 'offer'
-                when activity_type = 'closet_add' then 'closet add'
-                else 'wishlist add'
-            end
-            || case when activity_count > 1 then 's' else '' end",
-            "', '",
-            "activity_type",
-        ) }} as superseded_text
-    from superseded_by_type
+        {{ string_agg_ordered('count_text', "', '", 'activity_type') }} as superseded_text
+    from superseded_counts
     group by user_id
 
 ),
