@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -39,6 +40,11 @@ def dbt(*args: str) -> None:
     result = dbtRunner().invoke(["--quiet", *args])
     if not result.success:
         sys.exit(f"dbt {' '.join(args)} failed{f': {result.exception}' if result.exception else ''}")
+    done = Counter(
+        ("unit test" if r.node.resource_type == "unit_test" else r.node.resource_type, str(r.status))
+        for r in result.result
+    )
+    print(f"dbt {args[0]}: " + ", ".join(f"{n} {kind} {status}" for (kind, status), n in sorted(done.items())))
 
 
 def main() -> None:
