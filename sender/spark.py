@@ -115,7 +115,10 @@ def load(
 ) -> dict[str, int]:
     """Copy `tables` of PostgreSQL schema `source_schema` into Spark database `spark_database` (parquet tables,
     replaced); return the rows copied per table. Column types are mapped by SPARK_TYPES; others are refused."""
-    from pyspark.sql.types import _parse_datatype_string
+    from pyspark.sql import types
+
+    spark_types = {"string": types.StringType(), "boolean": types.BooleanType(), "integer": types.IntegerType(),
+                   "long": types.LongType(), "timestamp": types.TimestampType()}  # fmt: skip
 
     spark.sql(f"create database if not exists {spark_name(spark_database)}")
     counts = {}
@@ -133,8 +136,9 @@ def load(
         reads = [sql.SQL(SPARK_TYPES[kind][1]).format(sql.Identifier(name)) for name, kind in columns]
         query = sql.SQL("select {} from {}").format(sql.SQL(", ").join(reads), sql.Identifier(source_schema, table))
         rows = conn.execute(query).fetchall()
-        schema = _parse_datatype_string(", ".join(f"`{name}`: {SPARK_TYPES[kind][0]}" for name, kind in columns))
-        frame = spark.createDataFrame(rows, schema=schema, verifySchema=False)
+        fields = [types.StructField(name, spark_types[SPARK_TYPES[kind][0]]) for name, kind in columns]
+        schema = types.StructType(fields)
+        frame = spark.createDataFrame(rows, schema=schema)
         frame.write.mode("overwrite").format("parquet").saveAsTable(spark_name(spark_database, table))
         counts[table] = len(rows)
         progress(f"{source_schema}.{table} -> {spark_database}.{table}: {len(rows):,} rows")
