@@ -732,6 +732,13 @@ app.add_typer(spark_app, name="spark")
 SparkTarget = Annotated[str, typer.Option("--target", help="The dbt profile target of the Spark session.")]
 
 
+def spark_session(cfg: config.Config, target: str):
+    """A Spark session with the settings of the profile's target (sender.spark)."""
+    from sender import spark
+
+    return run(spark.session, run(spark.spark_parameters, cfg.project_dir, cfg.profiles_dir, target))
+
+
 @spark_app.command("load")
 def spark_load_command(
     ctx: typer.Context,
@@ -744,11 +751,9 @@ def spark_load_command(
     from sender import spark
 
     cfg: config.Config = ctx.obj
-    parameters = run(spark.spark_parameters, cfg.project_dir, cfg.profiles_dir, target)
     tables = run(spark.source_tables, cfg.project_dir)
     with run(database.connect, True, cfg.embedded_db_dir) as conn:
-        session = run(spark.session, parameters)
-        run(spark.load, conn, session, source_schema, spark_database, tables, log)
+        run(spark.load, conn, spark_session(cfg, target), source_schema, spark_database, tables, log)
 
 
 @spark_app.command("compare")
@@ -763,10 +768,9 @@ def spark_compare_command(
     from sender import spark
 
     cfg: config.Config = ctx.obj
-    parameters = run(spark.spark_parameters, cfg.project_dir, cfg.profiles_dir, target)
     with run(database.connect, True, cfg.embedded_db_dir) as conn:
-        session = run(spark.session, parameters)
-        lines, same = run(spark.compare, conn, session, pg_schema, spark_database, spark.mart_models(cfg.project_dir))
+        models = spark.mart_models(cfg.project_dir)
+        lines, same = run(spark.compare, conn, spark_session(cfg, target), pg_schema, spark_database, models)
     typer.echo("\n".join(lines))
     if not same:
         fail("the models differ between Spark and PostgreSQL (above)", spark.COMPARE_EXIT_CODE)
