@@ -136,7 +136,7 @@ test-spark: install install-spark .spark/profiles/profiles.yml
 	  --as-of "$(AS_OF)" --second-as-of "$(SPARK_AS_OF_2)"
 
 # make bench: every benchmark at 10k, 100k and 1M users, one table in bench/results/table.md (bench/README.md;
-# about 10 minutes; not part of make test). On a shared machine: make bench BENCH_ARGS="--lock /path/to/lockfile".
+# about 6 minutes on 2 cores; not part of make test). On a shared machine: make bench BENCH_ARGS="--lock /path/to/lockfile".
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python bench/bench_all.py $(BENCH_ARGS)
